@@ -1,0 +1,89 @@
+"""Tables of the SQL backend. One place, so migrations and queries agree on names."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "launch_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+agents = Table(
+    "launch_agents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("hostname", String(255), nullable=False, default=""),
+    Column("entity", String(128)),
+    Column("project", String(128)),
+    Column("queues", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("stop_polling", Boolean, nullable=False, default=False),
+    Column("config", JSON),
+    Column("version", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("heartbeat_at", Float),
+)
+
+queues = Table(
+    "launch_queues",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+items = Table(
+    "launch_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("queue_id", Integer, ForeignKey("launch_queues.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=2),
+    Column("run_spec", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("leased_at", Float),
+    Column("lease_expires_at", Float),
+    Column("claimed_at", Float),
+    Column("finished_at", Float),
+    Column("agent_id", String(64)),
+    Column("run_id", String(128)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("exit_code", Integer),
+    Column("failure_message", Text),
+    Column("failure_phase", String(16)),
+    Column("files", JSON),
+    Column("warnings", JSON),
+    Column("stop_requested", Boolean, nullable=False, default=False),
+    Index("ix_launch_items_pop", "queue_id", "state", "priority", "id"),
+    Index("ix_launch_items_state", "state"),
+    Index("ix_launch_items_run_id", "run_id"),
+)
+
+sweeps = Table(
+    "launch_sweeps",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("state", String(32), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -1,0 +1,215 @@
+"""Agent configuration: W&B's launch-config.yaml keys plus ours.
+
+Sources, highest precedence first: init arguments, environment variables
+(`LAUNCH_AGENT_<KEY>`), a YAML file, defaults. Errors name the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.exceptions import SettingsError
+
+from agent_lib.errors import ConfigError
+
+ENV_PREFIX = "LAUNCH_AGENT_"
+CONFIG_FILE_ENV = "LAUNCH_AGENT_CONFIG"
+DEFAULT_PROJECT = "model-registry"
+
+_config_file: ContextVar[Path | None] = ContextVar("launch_agent_config_file", default=None)
+
+
+def default_data_dir() -> Path:
+    """Per-user data folder (XDG): the embedded queue and the jobs' folders live here."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "launch-agent"
+
+
+def default_config_file() -> Path | None:
+    """`$LAUNCH_AGENT_CONFIG`, else `~/.config/launch-agent/launch-config.yaml` if it exists."""
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    candidate = Path(base) / "launch-agent" / "launch-config.yaml"
+    return candidate if candidate.exists() else None
+
+
+class JobDefinition(BaseModel):
+    """A named job (W&B's job artifact, kept in config): items run it with `job: <name>`.
+
+    In secure mode only named jobs run: an item may change their args, not their command.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    entry_point: list[str] = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    image: str | None = None
+    resource: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentConfig(BaseSettings):
+    """Everything an agent needs to know. See README, "Configuration", for each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, populate_by_name=True
+    )
+
+    # -- W&B launch-config.yaml keys --
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"], min_length=1
+    )
+    entity: str | None = None
+    project: str = DEFAULT_PROJECT
+    max_jobs: int = 1
+    max_schedulers: int = 1
+    secure_mode: bool = False
+    verbosity: int = Field(default=0, ge=0, le=3)
+    stopped_run_timeout: float = Field(default=60.0, ge=0)
+    builder: dict[str, Any] = Field(default_factory=dict)
+    registry: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, Any] = Field(default_factory=dict)
+
+    # -- ours --
+    backend_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    poll_interval: float = Field(default=0.1, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    status_interval: float = Field(default=30.0, gt=0)
+    stop_check_interval: float = Field(default=5.0, gt=0)
+    start_timeout: float = Field(default=1800.0, ge=0)
+    cancel_grace: float = Field(default=10.0, ge=0)
+    launch_retries: int = Field(default=2, ge=0)
+    default_resource: str = "local-process"
+    on_stop: Literal["wait", "requeue"] = "wait"
+    exit_when_idle: bool = False
+    log_tail_lines: int = Field(default=100, gt=0)
+    max_resume_count: int = Field(default=5, ge=0)
+    jobs: dict[str, JobDefinition] = Field(default_factory=dict)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queue_string(cls, value: Any) -> Any:
+        """Accept `a,b` or a JSON list from an environment variable, as well as a YAML list."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @field_validator("max_jobs", "max_schedulers")
+    @classmethod
+    def _minus_one_is_unlimited(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError("must be -1 (unlimited) or a number >= 0")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> AgentConfig:
+        """Build a config from overrides, the environment and a YAML file (if any).
+
+        `config_file=None` looks for the default file; errors raise ConfigError.
+        """
+        path = Path(config_file) if config_file is not None else default_config_file()
+        file_keys = _read_yaml_keys(path) if path is not None else set()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        token = _config_file.set(path)
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, given, file_keys, path)) from exc
+        except SettingsError as exc:
+            raise ConfigError(f"invalid agent config: {exc} ({exc.__cause__})") from exc
+        finally:
+            _config_file.reset(token)
+
+    # -- derived values --
+    @property
+    def resolved_backend_url(self) -> str:
+        return self.backend_url or f"sqlite:///{self.data_dir / 'queue.db'}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def job_limit(self) -> float:
+        return float("inf") if self.max_jobs == -1 else float(self.max_jobs)
+
+    @property
+    def scheduler_limit(self) -> float:
+        return float("inf") if self.max_schedulers == -1 else float(self.max_schedulers)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as sent to a backend's agent record: no secrets, JSON-friendly."""
+        data = self.model_dump(mode="json", exclude={"jobs"})
+        data.pop("project", None)
+        return data
+
+
+def _read_yaml_keys(path: Path) -> set[str]:
+    """The top-level keys of the config file; a missing or broken file is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys to values")
+    return {str(k) for k in data}
+
+
+def _explain(
+    exc: ValidationError, given: dict[str, Any], file_keys: set[str], path: Path | None
+) -> str:
+    """Turn a ValidationError into lines that name the key and the source it came from."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = loc[0] if loc else "(config)"
+        where = ".".join(loc) or key
+        if key in given:
+            source = "argument"
+        elif f"{ENV_PREFIX}{key.upper()}" in os.environ:
+            source = f"environment variable {ENV_PREFIX}{key.upper()}"
+        elif key in file_keys and path is not None:
+            source = str(path)
+        else:
+            source = "config"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (see README, Configuration, for the keys)"
+        lines.append(f"{source}: {where}: {message}")
+    return "invalid agent config:\n  " + "\n  ".join(lines)

@@ -1,0 +1,78 @@
+"""Keeps secrets out of logs, failure messages and saved files.
+
+Two nets: known secret values (API keys, database passwords) are replaced wherever they
+appear, and keys that name a secret (`*api_key*`, `*token*`, ...) are masked in specs.
+Installed once on Python's log record factory, so every logger is covered, Prefect's too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+MIN_SECRET_LENGTH = 6
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+_installed = False
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a value that must never be shown. Short values are ignored (too many hits)."""
+    global _pattern
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced by `***`."""
+    pattern = _pattern
+    return pattern.sub(MASK, text) if pattern is not None else text
+
+
+def redact_mapping(data: Any) -> Any:
+    """A copy of a JSON-like value with secret-named keys masked and secret values replaced."""
+    if isinstance(data, dict):
+        return {
+            k: (MASK if _SECRET_KEY.search(str(k)) and v else redact_mapping(v))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_mapping(v) for v in data]
+    if isinstance(data, str):
+        return redact(data)
+    return data
+
+
+def install_log_redaction() -> None:
+    """Redact every log record at creation, whichever handler later writes it."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _pattern is not None:
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):
+                return record
+            record.msg = redact(message)
+            record.args = None
+        return record
+
+    logging.setLogRecordFactory(factory)

@@ -1,0 +1,42 @@
+"""Runners: where jobs run. `make_runner` picks one by the spec's `resource`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent_lib.config import AgentConfig
+from agent_lib.errors import SpecError
+from agent_lib.runners.base import LaunchContext, Runner, Status, SubmittedRun
+from agent_lib.runners.local_process import LocalProcessRunner
+from agent_lib.spec import LOCAL_PROCESS
+
+__all__ = [
+    "LaunchContext",
+    "LocalProcessRunner",
+    "Runner",
+    "Status",
+    "SubmittedRun",
+    "make_runner",
+    "register_runner",
+]
+
+RunnerFactory = Callable[[AgentConfig], Runner]
+
+_FACTORIES: dict[str, RunnerFactory] = {
+    LOCAL_PROCESS: lambda _config: LocalProcessRunner(),
+}
+
+
+def register_runner(resource: str, factory: RunnerFactory) -> None:
+    """Make a resource type available to agents (used for container and cluster runners)."""
+    _FACTORIES[resource] = factory
+
+
+def make_runner(resource: str, config: AgentConfig) -> Runner:
+    factory = _FACTORIES.get(resource)
+    if factory is None:
+        known = ", ".join(sorted(_FACTORIES))
+        raise SpecError(
+            f"resource {resource!r} is not supported by this agent (supported: {known})"
+        )
+    return factory(config)

@@ -1,0 +1,98 @@
+"""The runner seam: `Runner.run(context) -> SubmittedRun`, as in W&B's AbstractRunner.
+
+A runner starts one job and hands back a handle; the agent only ever talks to the handle.
+Handles notice a job's end the moment it happens (process exit, the engine's wait API),
+never by a fixed sleep.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent_lib.spec import LaunchSpec
+from agent_lib.states import RunState
+
+
+@dataclass(frozen=True)
+class Status:
+    """A job's state, with its exit code and the runtime's reason when it has ended."""
+
+    state: RunState
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class LaunchContext:
+    """Everything a runner needs to start one job. Secrets are only ever in `env`."""
+
+    item_id: str
+    queue: str
+    run_id: str
+    spec: LaunchSpec
+    command: list[str]
+    image: str | None
+    env: dict[str, str]
+    job_dir: Path
+    log_path: Path
+    resource_args: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.job_dir / "work"
+
+
+class SubmittedRun(ABC):
+    """A handle on one launched job (W&B's AbstractRun)."""
+
+    @property
+    @abstractmethod
+    def id(self) -> str: ...
+
+    @abstractmethod
+    async def get_status(self) -> Status: ...
+
+    @abstractmethod
+    async def wait(self) -> Status:
+        """Wait for the job to end; returns its final status."""
+
+    @abstractmethod
+    async def cancel(self, grace: float = 10.0) -> None:
+        """Ask the job to stop, then force it after `grace` seconds."""
+
+    @abstractmethod
+    async def get_logs(self, tail: int | None = None) -> str:
+        """The job's output so far (its last `tail` lines if given)."""
+
+
+class Runner(Protocol):
+    """Starts jobs on one kind of resource (`local-process`, `local-container`...)."""
+
+    resource: str
+
+    async def run(self, context: LaunchContext) -> SubmittedRun: ...
+
+
+def tail_lines(text: str, lines: int | None) -> str:
+    """The last `lines` lines of `text` (all of it when `lines` is None)."""
+    if lines is None:
+        return text
+    parts = text.splitlines(keepends=True)
+    return "".join(parts[-lines:])
+
+
+def read_log_tail(path: Path, lines: int | None, max_bytes: int = 1 << 20) -> str:
+    """The end of a log file, read from its end so a huge log costs little."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    return tail_lines(data.decode("utf-8", errors="replace"), lines)
