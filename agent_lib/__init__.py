@@ -1,10 +1,10 @@
 """agent_lib: the launch agent engine. Runs on its own; imports no Prefect.
 
-    from agent_lib import LaunchAgent, AgentConfig, open_backend
+from agent_lib import LaunchAgent, AgentConfig, open_backend
 
-    config = AgentConfig.load(queues=["default"], max_jobs=4)
-    agent = LaunchAgent(open_backend(config.resolved_backend_url), config)
-    asyncio.run(agent.loop())
+config = AgentConfig.load(queues=["default"], max_jobs=4)
+agent = LaunchAgent(open_backend(config.resolved_backend_url), config)
+asyncio.run(agent.loop())
 """
 
 __version__ = "0.1.0"

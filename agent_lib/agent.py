@@ -37,7 +37,13 @@ from agent_lib.errors import (
 from agent_lib.files import ItemFileSaver, job_dir_for
 from agent_lib.hooks import AgentHooks, backoff_delay
 from agent_lib.redact import install_log_redaction, redact, redact_mapping, register_secret
-from agent_lib.runners import LaunchContext, Status, make_runner
+from agent_lib.runners import (
+    LaunchContext,
+    Status,
+    SubmittedRun,
+    available_resources,
+    make_runner,
+)
 from agent_lib.spec import LOCAL_PROCESS, LaunchSpec, QueueItem
 from agent_lib.states import AgentStatus, ItemState, Phase, RunState
 from agent_lib.tracker import JobTracker
@@ -98,6 +104,8 @@ class LaunchAgent:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_status_print = 0.0
+        self._jobs_started = 0
+        self._started_at = time.monotonic()
         register_secret(os.environ.get("WANDB_API_KEY"))
         self._id = api.create_launch_agent(
             self._entity,
@@ -166,6 +174,7 @@ class LaunchAgent:
         self._wake = asyncio.Event()
         watcher = self._start_wakeup_watcher()
         await self.update_status(AgentStatus.POLLING)
+        await self._reattach_runs()
         self.print_status()
         next_tick = 0.0
         failures = 0
@@ -259,6 +268,7 @@ class LaunchAgent:
         except Exception as exc:
             log.warning("could not reach the backend for the heartbeat: %s", exc)
         self._expire_deferred()
+        self._check_handover()
         interval = self._config.status_interval / (1 + 2 * self._config.verbosity)
         if time.monotonic() - self._last_status_print >= interval:
             self.print_status()
@@ -280,7 +290,18 @@ class LaunchAgent:
                 # A bad item never takes the agent down: fail it and go on.
                 await self._fail_unstarted(item, exc)
             started = True
+            self._jobs_started += 1
+            self._check_handover()
         return started
+
+    def _check_handover(self) -> None:
+        """Stop popping after `stop_after_jobs` / `stop_after_seconds`, to hand over."""
+        limit_jobs = self._config.stop_after_jobs
+        limit_secs = self._config.stop_after_seconds
+        if limit_jobs is not None and self._jobs_started >= limit_jobs:
+            self.stop(reason=f"handing over after {self._jobs_started} jobs (stop_after_jobs)")
+        elif limit_secs is not None and time.monotonic() - self._started_at >= limit_secs:
+            self.stop(reason=f"handing over after {limit_secs:.0f}s (stop_after_seconds)")
 
     def _over_scheduler_cap(self, item: QueueItem) -> bool:
         """A scheduler over `max_schedulers` is not launched; its lease sends it back."""
@@ -390,20 +411,10 @@ class LaunchAgent:
     ) -> None:
         step = self._hooks.run_step
         try:
-            spec = await step(tracker, "validate", lambda: self._validate(launch_spec, tracker))
-            await step(
-                tracker, "ack", lambda: self._ack(job, tracker), retries=self._config.launch_retries
-            )
-            await step(tracker, "check sweep", lambda: self.check_sweep_state(spec, api))
-            tracker.err_stage = Phase.BUILD
-            image = await step(tracker, "build", lambda: self._build(spec, tracker))
-            tracker.err_stage = Phase.AGENT
-            await step(
-                tracker,
-                "launch",
-                lambda: self._launch(spec, image, tracker),
-                retries=self._config.launch_retries,
-            )
+            if tracker.run is None:
+                spec = await self._start(launch_spec, job, api, tracker)
+            else:  # re-attached: the run is already going
+                spec = tracker.spec or LaunchSpec(run_id=tracker.run_id)
             tracker.err_stage = Phase.RUN
             status = await step(tracker, "wait", lambda: self._wait(tracker))
             await step(tracker, "finish", lambda: self._record_end(spec, tracker, status))
@@ -418,6 +429,84 @@ class LaunchAgent:
                 retries=self._config.launch_retries,
             )
             raise
+
+    async def _start(
+        self, launch_spec: dict[str, Any], job: QueueItem, api: Backend, tracker: JobTracker
+    ) -> LaunchSpec:
+        """Validate, ack, check the sweep, build and launch: everything before the wait."""
+        step = self._hooks.run_step
+        spec = await step(tracker, "validate", lambda: self._validate(launch_spec, tracker))
+        await step(
+            tracker, "ack", lambda: self._ack(job, tracker), retries=self._config.launch_retries
+        )
+        await step(tracker, "check sweep", lambda: self.check_sweep_state(spec, api))
+        tracker.err_stage = Phase.BUILD
+        image = await step(tracker, "build", lambda: self._build(spec, tracker))
+        tracker.err_stage = Phase.AGENT
+        await step(
+            tracker,
+            "launch",
+            lambda: self._launch(spec, image, tracker),
+            retries=self._config.launch_retries,
+        )
+        return spec
+
+    async def _reattach_runs(self) -> None:
+        """Adopt runs that outlived an earlier agent (containers do); report strays.
+
+        Runners that can find their runs again offer `list_runs()`, returning each run with
+        the labels the agent gave it. A run whose item this agent may adopt is tracked to
+        its end; one whose item ended or belongs to a live agent is left alone, and said.
+        """
+        for resource in available_resources():
+            try:
+                runner = make_runner(resource, self._config)
+                list_runs = getattr(runner, "list_runs", None)
+                found = await list_runs() if list_runs is not None else []
+            except Exception as exc:
+                log.debug("cannot look for %s runs to re-attach: %s", resource, exc)
+                continue
+            for labels, run in found:
+                await self._adopt(resource, labels, run)
+
+    async def _adopt(self, resource: str, labels: dict[str, str], run: SubmittedRun) -> None:
+        item_id = labels.get("launch-agent.item")
+        run_id = labels.get("launch-agent.run")
+        queue = labels.get("launch-agent.queue", "?")
+        if not item_id or not run_id or item_id in self._jobs:
+            return
+        if queue not in self._queues:
+            return
+        if not await self._call(self._api.adopt_run_queue_item, item_id, run_id, self._id):
+            log.warning(
+                "found %s run %s of item %s (run %s) that this agent may not adopt "
+                "(the item ended or another agent holds it); leaving it alone",
+                resource,
+                run.id,
+                item_id,
+                run_id,
+            )
+            return
+        log.info("item %s: re-attached to its %s run %s", item_id, resource, run_id)
+        tracker = JobTracker(
+            run_queue_item_id=item_id,
+            queue=queue,
+            saver=ItemFileSaver(self._job_dir_for(item_id, run_id)),
+            spec=LaunchSpec(run_id=run_id),
+            run_id=run_id,
+            entity=self._entity,
+            resource=resource,
+            run=run,
+            description=f"re-attached {resource} run",
+            requeue_on_stop=self._requeue_on_stop,
+        )
+        self._jobs[item_id] = tracker
+        job = QueueItem(id=item_id, queue=queue, run_spec={})
+        self._tasks[item_id] = asyncio.create_task(
+            self.task_run_job({}, job, self._config, self._api, tracker),
+            name=f"launch-job-{item_id}",
+        )
+        await self.update_status(AgentStatus.RUNNING)
 
     async def _validate(self, launch_spec: dict[str, Any], tracker: JobTracker) -> LaunchSpec:
         spec = LaunchSpec.parse(launch_spec)
@@ -770,4 +859,3 @@ class LaunchAgent:
 
     def _job_dir_for(self, item_id: str, run_id: str) -> Path:
         return job_dir_for(self._config.jobs_dir, item_id, run_id)
-

@@ -102,6 +102,9 @@ class AgentConfig(BaseSettings):
     log_tail_lines: int = Field(default=100, gt=0)
     max_resume_count: int = Field(default=5, ge=0)
     jobs: dict[str, JobDefinition] = Field(default_factory=dict)
+    # Hand over to a fresh agent after this many jobs / seconds (stop popping, finish, exit).
+    stop_after_jobs: int | None = Field(default=None, gt=0)
+    stop_after_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -94,6 +94,13 @@ class Backend(Protocol):
         """Claim a leased item for run `run_id`. False: the lease was lost; do not launch."""
         ...
 
+    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
+        """Take over a CLAIMED item whose run (same run id) is still going, after a restart.
+
+        True if the item is now this agent's; False if it ended or belongs to a live agent.
+        """
+        ...
+
     def release_run_queue_item(self, item_id: str) -> None:
         """Give a leased, unacked item back to its queue (e.g. a scheduler over the cap)."""
         ...
@@ -128,8 +135,9 @@ class Backend(Protocol):
         """Whether someone asked for this run to stop."""
         ...
 
-    def get_sweep_state(self, sweep_id: str, entity: str | None, project: str | None) -> str | None:
-        ...
+    def get_sweep_state(
+        self, sweep_id: str, entity: str | None, project: str | None
+    ) -> str | None: ...
 
     def set_sweep_state(
         self, sweep_id: str, state: str, entity: str | None, project: str | None

@@ -277,6 +277,19 @@ class SqlBackend:
             )
         return result.rowcount == 1
 
+    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
+        with self._tx() as conn:
+            result = conn.execute(
+                update(items)
+                .where(
+                    items.c.id == int(item_id),
+                    items.c.run_id == run_id,
+                    items.c.state == ItemState.CLAIMED.value,
+                )
+                .values(agent_id=agent_id, updated_at=time.time())
+            )
+        return result.rowcount == 1
+
     def release_run_queue_item(self, item_id: str) -> None:
         self._leases.pop(item_id, None)
         with self._tx() as conn:

@@ -16,6 +16,7 @@ __all__ = [
     "Runner",
     "Status",
     "SubmittedRun",
+    "available_resources",
     "make_runner",
     "register_runner",
 ]
@@ -30,6 +31,10 @@ _FACTORIES: dict[str, RunnerFactory] = {
 def register_runner(resource: str, factory: RunnerFactory) -> None:
     """Make a resource type available to agents (used for container and cluster runners)."""
     _FACTORIES[resource] = factory
+
+
+def available_resources() -> list[str]:
+    return sorted(_FACTORIES)
 
 
 def make_runner(resource: str, config: AgentConfig) -> Runner:
