@@ -36,7 +36,13 @@ from agent_lib.errors import (
 )
 from agent_lib.files import ItemFileSaver, job_dir_for
 from agent_lib.hooks import AgentHooks, backoff_delay
-from agent_lib.redact import install_log_redaction, redact, redact_mapping, register_secret
+from agent_lib.redact import (
+    install_log_redaction,
+    redact,
+    redact_mapping,
+    register_secret,
+    register_secrets_in,
+)
 from agent_lib.runners import (
     LaunchContext,
     Status,
@@ -163,6 +169,11 @@ class LaunchAgent:
     def stopping(self) -> bool:
         return self._stop_reason is not None
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the agent stops (or stopped); None while it runs."""
+        return self._stop_reason
+
     # -- the loop --
     async def loop(self) -> None:
         """Poll for items and run them until asked to stop.
@@ -265,6 +276,9 @@ class LaunchAgent:
                 self.stop(reason="stopPolling was set on the agent's record")
                 return
             await self._call(self._api.heartbeat, self._id)
+            reap = getattr(self._api, "reap_lost_agents", None)
+            if reap is not None:  # settle the items of agents whose heartbeat stopped
+                await self._call(reap)
         except Exception as exc:
             log.warning("could not reach the backend for the heartbeat: %s", exc)
         self._expire_deferred()
@@ -356,6 +370,7 @@ class LaunchAgent:
         self, job: QueueItem, queue: str, file_saver: ItemFileSaver | None = None
     ) -> None:
         """Start the job for a popped item and return; it runs as its own task."""
+        register_secrets_in(job.run_spec)
         log.info(
             "item %s from queue %r received: %s",
             job.id,

@@ -42,17 +42,38 @@ def redact(text: str) -> str:
 
 
 def redact_mapping(data: Any) -> Any:
-    """A copy of a JSON-like value with secret-named keys masked and secret values replaced."""
+    """A copy of a JSON-like value with secret-named keys masked and secret values replaced.
+
+    Values under secret-named keys are registered first, so the same secret is masked
+    wherever else it appears in `data` (a command line that embeds it, say).
+    """
+    register_secrets_in(data)
+    return _masked(data)
+
+
+def _masked(data: Any) -> Any:
     if isinstance(data, dict):
         return {
-            k: (MASK if _SECRET_KEY.search(str(k)) and v else redact_mapping(v))
-            for k, v in data.items()
+            k: (MASK if _SECRET_KEY.search(str(k)) and v else _masked(v)) for k, v in data.items()
         }
     if isinstance(data, list):
-        return [redact_mapping(v) for v in data]
+        return [_masked(v) for v in data]
     if isinstance(data, str):
         return redact(data)
     return data
+
+
+def register_secrets_in(data: Any) -> None:
+    """Register every string held under a secret-named key of a JSON-like value."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, str) and _SECRET_KEY.search(str(key)):
+                register_secret(value)
+            else:
+                register_secrets_in(value)
+    elif isinstance(data, list):
+        for value in data:
+            register_secrets_in(value)
 
 
 def install_log_redaction() -> None:

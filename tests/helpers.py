@@ -1,0 +1,130 @@
+"""Helpers for agent tests: fast configs, running an agent, jobs that record what they saw."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_lib import AgentConfig, LaunchAgent
+from agent_lib.backends import SqlBackend
+from agent_lib.backends.base import ItemInfo
+from agent_lib.states import TERMINAL_ITEM_STATES
+
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+
+FAST = {
+    "poll_interval": 0.02,
+    "heartbeat_interval": 0.1,
+    "stop_check_interval": 0.05,
+    "status_interval": 5.0,
+    "cancel_grace": 2.0,
+}
+
+
+def fast_config(data_dir: Path, **overrides: Any) -> AgentConfig:
+    return AgentConfig.load(None, data_dir=data_dir, **{**FAST, **overrides})
+
+
+def run_agent(backend: SqlBackend, config: AgentConfig, timeout: float = 60) -> LaunchAgent:
+    """Run an agent in this process until it stops by itself (exit_when_idle, stopPolling)."""
+    agent = LaunchAgent(backend, config)
+    asyncio.run(asyncio.wait_for(agent.loop(), timeout))
+    return agent
+
+
+def py_job(code: str) -> dict[str, Any]:
+    """A launch spec whose job runs a Python snippet in a local process."""
+    return {"resource": "local-process", "overrides": {"entry_point": [PYTHON, "-c", code]}}
+
+
+def sh_job(script: str) -> dict[str, Any]:
+    return {"resource": "local-process", "overrides": {"entry_point": ["sh", "-c", script]}}
+
+
+def record_job(log: Path, sleep: float = 0.0, tag: str = "") -> dict[str, Any]:
+    """A job that appends `start/end <time> <item> <queue> <tag>` lines to `log`."""
+    code = (
+        "import os, sys, time\n"
+        "def note(kind):\n"
+        "    line = f\"{kind} {time.time():.6f} {os.environ['WANDB_LAUNCH_TRACE_ID']} "
+        "{os.environ['WANDB_LAUNCH_QUEUE_NAME']} " + tag + '\\n"\n'
+        f"    fd = os.open({str(log)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+        "    os.write(fd, line.encode()); os.close(fd)\n"
+        "note('start')\n"
+        f"time.sleep({sleep})\n"
+        "note('end')\n"
+    )
+    return py_job(code)
+
+
+def read_records(log: Path) -> list[tuple[str, float, str, str, str]]:
+    rows = []
+    for line in log.read_text().splitlines():
+        kind, stamp, item, queue, *tag = line.split(" ")
+        rows.append((kind, float(stamp), item, queue, " ".join(tag)))
+    return rows
+
+
+def max_overlap(log: Path) -> int:
+    """The most jobs that were running at the same moment, from their own records."""
+    events = sorted((stamp, 1 if kind == "start" else -1) for kind, stamp, *_ in read_records(log))
+    running = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def all_ended(backend: SqlBackend, ids: list[str]) -> bool:
+    return all(_state_is_terminal(backend.get_item(i)) for i in ids)
+
+
+def _state_is_terminal(info: ItemInfo | None) -> bool:
+    return info is not None and info.state in TERMINAL_ITEM_STATES
+
+
+def start_agent_process(
+    db_url: str, data_dir: Path, *args: str, log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`launch-agent run` as a real process, with fast intervals from the environment."""
+    env = {
+        **os.environ,
+        "LAUNCH_AGENT_POLL_INTERVAL": "0.02",
+        "LAUNCH_AGENT_HEARTBEAT_INTERVAL": "0.1",
+        "LAUNCH_AGENT_STOP_CHECK_INTERVAL": "0.05",
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = (log_file or data_dir / "agent.log").open("ab")
+    return subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "agent_lib.cli",
+            "run",
+            "--backend",
+            db_url,
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
