@@ -643,9 +643,7 @@ class LaunchAgent:
         env: dict[str, str] = dict(provider(spec)) if provider else {}
         if spec.wandb_api_key:
             env["WANDB_API_KEY"] = spec.wandb_api_key
-        for value in env.values():
-            if "KEY" in value or len(value) >= 20:
-                register_secret(value)
+        register_secrets_in(env)  # WANDB_API_KEY and the like, by name
         return env
 
     async def _wait(self, tracker: JobTracker) -> Status:
