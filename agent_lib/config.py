@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -91,6 +98,9 @@ class AgentConfig(BaseSettings):
     poll_interval: float = Field(default=0.1, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_interval: float = Field(default=5.0, gt=0)
+    # An agent silent for this long is lost: its leased items go back to the queue, its
+    # running ones are marked FAILED (phase agent) unless it comes back or is re-attached.
+    agent_timeout: float = Field(default=30.0, gt=0)
     status_interval: float = Field(default=30.0, gt=0)
     stop_check_interval: float = Field(default=5.0, gt=0)
     start_timeout: float = Field(default=1800.0, ge=0)
@@ -105,6 +115,13 @@ class AgentConfig(BaseSettings):
     # Hand over to a fresh agent after this many jobs / seconds (stop popping, finish, exit).
     stop_after_jobs: int | None = Field(default=None, gt=0)
     stop_after_seconds: float | None = Field(default=None, gt=0)
+
+    # -- local-container runner (the docker builder reads the `builder` dict above) --
+    # resource_args keys refused by default that this agent accepts anyway, e.g.
+    # ["privileged", "network", "volume", "device", "cap-add"]; see README, Containers.
+    container_allow: list[str] = Field(default_factory=list)
+    # Remove a job's container once it ended and its logs are in the job folder.
+    remove_containers: bool = True
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -122,6 +139,16 @@ class AgentConfig(BaseSettings):
         if value < -1:
             raise ValueError("must be -1 (unlimited) or a number >= 0")
         return value
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_heartbeats(self) -> AgentConfig:
+        if self.agent_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"agent_timeout ({self.agent_timeout:g}s) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval:g}s), or a live agent that "
+                "misses one heartbeat is taken for lost"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -160,6 +187,10 @@ class AgentConfig(BaseSettings):
     # -- derived values --
     @property
     def resolved_backend_url(self) -> str:
+        """backend_url, else $DATABASE_URL if it names a database we speak, else SQLite."""
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not self.backend_url and database_url.startswith(("postgres", "sqlite")):
+            return database_url
         return self.backend_url or f"sqlite:///{self.data_dir / 'queue.db'}"
 
     @property

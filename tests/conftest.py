@@ -15,7 +15,12 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's config or writes to the user's queue."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
-    for name in ("LAUNCH_AGENT_CONFIG", "LAUNCH_AGENT_BACKEND_URL", "WANDB_API_KEY"):
+    for name in (
+        "LAUNCH_AGENT_CONFIG",
+        "LAUNCH_AGENT_BACKEND_URL",
+        "DATABASE_URL",
+        "WANDB_API_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -4,33 +4,35 @@ Pops are one transaction: SQLite serialises writers (BEGIN IMMEDIATE), PostgreSQ
 `FOR UPDATE SKIP LOCKED`; either way no two agents lease the same item. An ack only
 succeeds for the agent that holds the lease, so an item whose lease expired and went to
 another agent is never launched twice.
+
+On PostgreSQL a push also sends NOTIFY, and `wait_for_items` LISTENs (pg_notify), so an
+idle agent starts an item within milliseconds. Every operation rides out a database
+outage (db_retry). Liveness rules (lost agents, adopt) are in sql_liveness; the schema is
+created and upgraded by migrations.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 
+from agent_lib.backends import migrations, sql_liveness
 from agent_lib.backends.base import AgentRecord, ItemInfo, QueueSummary
-from agent_lib.backends.sql_schema import (
-    SCHEMA_VERSION,
-    agents,
-    items,
-    meta,
-    metadata,
-    queues,
-    sweeps,
-)
-from agent_lib.errors import BackendError, SchemaVersionError
+from agent_lib.backends.db_retry import Reconnector
+from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
+from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
+from agent_lib.backends.sql_schema import agents, items, queues, sweeps
+from agent_lib.errors import BackendError
 from agent_lib.spec import QueueItem
 from agent_lib.states import AgentStatus, ItemState, Phase
 
@@ -39,17 +41,51 @@ log = logging.getLogger(__name__)
 DEFAULT_PRIORITY = 2
 MAX_STORED_FILE_BYTES = 64 * 1024
 ACTIVE_STATES = (ItemState.PENDING, ItemState.LEASED, ItemState.CLAIMED)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retried(
+    method: Callable[Concatenate[SqlBackend, P], R],
+) -> Callable[Concatenate[SqlBackend, P], R]:
+    """Run the whole operation again (a fresh transaction) while the database is away."""
+
+    def wrapper(self: SqlBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._reconnect.call(method, self, *args, **kwargs)
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
 
 
 class SqlBackend:
-    """Run queues in a SQL database, through SQLAlchemy. See the module docstring."""
+    """Run queues in a SQL database, through SQLAlchemy. See the module docstring.
 
-    def __init__(self, url: str, lease_seconds: float = 60.0) -> None:
+    `agent_timeout` is the silence after which an agent that did not declare its own
+    counts as lost; `retry_window` how long an operation waits out a database outage;
+    `listen=False` turns NOTIFY wake-ups off (polling only).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        lease_seconds: float = 60.0,
+        agent_timeout: float = DEFAULT_AGENT_TIMEOUT,
+        retry_window: float = 120.0,
+        listen: bool = True,
+    ) -> None:
         self.url = url
         self.lease_seconds = lease_seconds
+        self.agent_timeout = agent_timeout
         self._engine = _make_engine(url)
         self._reader = self._engine.execution_options(readonly=True)
         self._leases: dict[str, tuple[str, int]] = {}
+        self._is_pg = self._engine.dialect.name == "postgresql"
+        self._reconnect = Reconnector(self.display_url, self._engine.dialect.name, retry_window)
+        self._listener: PgListener | None = None
+        if self._is_pg and listen:
+            self._listener = PgListener(libpq_conninfo(make_url(url)), self.display_url)
+        # The agent runs a wake-up watcher thread only for backends that can announce items.
+        self.supports_wakeup = self._listener is not None
         self._ensure_schema()
 
     # -- plumbing --
@@ -63,17 +99,19 @@ class SqlBackend:
         with self._reader.connect() as conn:
             yield conn
 
+    @_retried
     def _ensure_schema(self) -> None:
+        """Create or upgrade the schema (migrations); refuse a newer one."""
         with self._tx() as conn:
-            metadata.create_all(conn)
-            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
-            if row is None:
-                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the queue database at {self.display_url} has schema version {row.value}, "
-                    f"newer than this agent knows ({SCHEMA_VERSION}): upgrade the agent"
-                )
+            migrations.upgrade(conn, self.display_url)
+
+    def _notify(self, conn: Connection, queue: str) -> None:
+        if self._is_pg:
+            notify_items(conn, queue)
+
+    def _notify_all(self, conn: Connection) -> None:
+        if self._is_pg:
+            notify_items(conn, "")
 
     @property
     def display_url(self) -> str:
@@ -81,6 +119,8 @@ class SqlBackend:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self._engine.dispose()
 
     def _queue_id(self, conn: Connection, name: str, create: bool) -> int | None:
@@ -92,6 +132,7 @@ class SqlBackend:
         return qid
 
     # -- the agent's own record --
+    @_retried
     def create_launch_agent(
         self,
         entity: str | None,
@@ -124,21 +165,15 @@ class SqlBackend:
             )
         return agent_id
 
+    @_retried
     def get_launch_agent(self, agent_id: str) -> AgentRecord:
         with self._read() as conn:
             row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
         if row is None:
             raise BackendError(f"no agent with id {agent_id}")
-        return AgentRecord(
-            id=row.id,
-            name=row.name,
-            status=row.status,
-            stop_polling=bool(row.stop_polling),
-            hostname=row.hostname,
-            queues=list(row.queues),
-            heartbeat_at=row.heartbeat_at,
-        )
+        return _agent_record(row)
 
+    @_retried
     def update_launch_agent_status(self, agent_id: str, status: AgentStatus) -> bool:
         with self._tx() as conn:
             result = conn.execute(
@@ -148,28 +183,34 @@ class SqlBackend:
             )
         return result.rowcount == 1
 
+    @_retried
     def heartbeat(self, agent_id: str) -> None:
+        """Say the agent is alive; an agent that was marked lost comes back (sql_liveness)."""
         with self._tx() as conn:
-            conn.execute(
-                update(agents).where(agents.c.id == agent_id).values(heartbeat_at=time.time())
-            )
+            sql_liveness.heartbeat(conn, agent_id, time.time())
 
+    @_retried
+    def reap_lost_agents(self) -> list[LostAgent]:
+        """Mark agents whose heartbeat stopped as lost and settle their items.
+
+        Live agents call this on their heartbeat tick; see sql_liveness for the rules.
+        Does nothing until this process has reached the database without a break for
+        the agents' timeout, so an outage never makes every agent look lost.
+        """
+        healthy_for = self._reconnect.healthy_for()
+        with self._tx() as conn:
+            lost = sql_liveness.reap(conn, time.time(), healthy_for, self.agent_timeout)
+            if any(a.requeued for a in lost):
+                self._notify_all(conn)
+        return lost
+
+    @_retried
     def list_agents(self) -> list[AgentRecord]:
         with self._read() as conn:
             rows = conn.execute(select(agents).order_by(agents.c.created_at)).all()
-        return [
-            AgentRecord(
-                id=r.id,
-                name=r.name,
-                status=r.status,
-                stop_polling=bool(r.stop_polling),
-                hostname=r.hostname,
-                queues=list(r.queues),
-                heartbeat_at=r.heartbeat_at,
-            )
-            for r in rows
-        ]
+        return [_agent_record(r) for r in rows]
 
+    @_retried
     def stop_agent(self, agent_id: str) -> bool:
         """Set `stopPolling` on an agent's record: it stops cleanly at its next look."""
         with self._tx() as conn:
@@ -181,10 +222,12 @@ class SqlBackend:
         return result.rowcount > 0
 
     # -- the queue --
+    @_retried
     def create_queue(self, name: str) -> None:
         with self._tx() as conn:
             self._queue_id(conn, name, create=True)
 
+    @_retried
     def pop_from_run_queue(
         self, queue: str, entity: str | None, project: str, agent_id: str
     ) -> QueueItem | None:
@@ -255,19 +298,30 @@ class SqlBackend:
             log.info("returned %d item(s) with an expired lease to their queue", result.rowcount)
         return int(result.rowcount)
 
+    @_retried
     def requeue_expired_leases(self) -> int:
         """Return every item whose lease ran out to PENDING; returns how many."""
         with self._tx() as conn:
             return self._requeue_expired_leases(conn, time.time(), None)
 
+    @_retried
     def ack_run_queue_item(self, item_id: str, run_id: str) -> bool:
-        lease = self._leases.pop(item_id, None)
-        stmt = update(items).where(
-            items.c.id == int(item_id), items.c.state == ItemState.LEASED.value
-        )
+        """Claim a leased item. Idempotent for the lease holder: an ack retried after its
+        commit was lost with the connection finds its own claim and succeeds again."""
+        lease = self._leases.get(item_id)
+        stmt = update(items).where(items.c.id == int(item_id))
         if lease is not None:
             agent_id, attempt = lease
-            stmt = stmt.where(items.c.agent_id == agent_id, items.c.attempts == attempt)
+            stmt = stmt.where(
+                items.c.agent_id == agent_id,
+                items.c.attempts == attempt,
+                or_(
+                    items.c.state == ItemState.LEASED.value,
+                    (items.c.state == ItemState.CLAIMED.value) & (items.c.run_id == run_id),
+                ),
+            )
+        else:
+            stmt = stmt.where(items.c.state == ItemState.LEASED.value)
         now = time.time()
         with self._tx() as conn:
             result = conn.execute(
@@ -275,30 +329,32 @@ class SqlBackend:
                     state=ItemState.CLAIMED.value, run_id=run_id, claimed_at=now, updated_at=now
                 )
             )
+        self._leases.pop(item_id, None)
         return result.rowcount == 1
 
+    @_retried
     def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
-        with self._tx() as conn:
-            result = conn.execute(
-                update(items)
-                .where(
-                    items.c.id == int(item_id),
-                    items.c.run_id == run_id,
-                    items.c.state == ItemState.CLAIMED.value,
-                )
-                .values(agent_id=agent_id, updated_at=time.time())
-            )
-        return result.rowcount == 1
+        """Take over a run that outlived its agent; refused while its holder is alive.
 
+        The rules are in sql_liveness (rule 4)."""
+        with self._tx() as conn:
+            return sql_liveness.adopt(
+                conn, int(item_id), run_id, agent_id, time.time(), self.agent_timeout
+            )
+
+    @_retried
     def release_run_queue_item(self, item_id: str) -> None:
         self._leases.pop(item_id, None)
         with self._tx() as conn:
-            conn.execute(
+            released = conn.execute(
                 update(items)
                 .where(items.c.id == int(item_id), items.c.state == ItemState.LEASED.value)
                 .values(state=ItemState.PENDING.value, agent_id=None, updated_at=time.time())
             )
+            if released.rowcount:
+                self._notify_all(conn)
 
+    @_retried
     def fail_run_queue_item(
         self, item_id: str, message: str, phase: Phase, files: list[str] | None = None
     ) -> bool:
@@ -311,24 +367,31 @@ class SqlBackend:
             files=_read_files(files or []),
         )
 
+    @_retried
     def complete_run_queue_item(
         self, item_id: str, state: ItemState, exit_code: int | None = None
     ) -> None:
         self._finish(item_id, state, exit_code=exit_code)
 
     def _finish(self, item_id: str, state: ItemState, **values: Any) -> bool:
+        """End an active item. The real end of a job also replaces a lost-agent verdict."""
         now = time.time()
+        values = {"failure_message": None, "failure_phase": None, "lost_at": None, **values}
         with self._tx() as conn:
             result = conn.execute(
                 update(items)
                 .where(
                     items.c.id == int(item_id),
-                    items.c.state.in_([s.value for s in ACTIVE_STATES]),
+                    or_(
+                        items.c.state.in_([s.value for s in ACTIVE_STATES]),
+                        sql_liveness.lost_verdict_override(),
+                    ),
                 )
                 .values(state=state.value, finished_at=now, updated_at=now, **values)
             )
         return result.rowcount == 1
 
+    @_retried
     def update_run_queue_item_warning(
         self, item_id: str, message: str, phase: str, files: list[str] | None = None
     ) -> bool:
@@ -342,6 +405,7 @@ class SqlBackend:
             )
         return result.rowcount == 1
 
+    @_retried
     def push_to_run_queue(
         self,
         queue: str,
@@ -367,8 +431,10 @@ class SqlBackend:
                 )
                 .returning(items.c.id)
             ).scalar_one()
+            self._notify(conn, queue)
         return str(item_id)
 
+    @_retried
     def cancel_run_queue_item(self, item_id: str) -> ItemState | None:
         """Stop an item: a queued one ends STOPPED now; a running one is asked to stop.
 
@@ -396,6 +462,7 @@ class SqlBackend:
             return state
 
     # -- runs and sweeps --
+    @_retried
     def run_should_stop(self, entity: str | None, project: str | None, run_id: str) -> bool:
         with self._read() as conn:
             hit = conn.execute(
@@ -407,11 +474,13 @@ class SqlBackend:
             ).first()
         return hit is not None
 
+    @_retried
     def get_sweep_state(self, sweep_id: str, entity: str | None, project: str | None) -> str | None:
         with self._read() as conn:
             state = conn.execute(select(sweeps.c.state).where(sweeps.c.id == sweep_id)).scalar()
         return str(state) if state is not None else None
 
+    @_retried
     def set_sweep_state(
         self, sweep_id: str, state: str, entity: str | None, project: str | None
     ) -> None:
@@ -424,9 +493,16 @@ class SqlBackend:
                 conn.execute(insert(sweeps).values(id=sweep_id, state=state, updated_at=now))
 
     def wait_for_items(self, queues: list[str], timeout: float) -> bool:
-        return False
+        """PostgreSQL: block on LISTEN until a push to `queues` (True) or `timeout`.
+
+        Without a listener (SQLite, listen=False) returns False at once: poll instead.
+        """
+        if self._listener is None:
+            return False
+        return self._listener.wait(queues, timeout)
 
     # -- reading, for the CLI and tests --
+    @_retried
     def list_queues(self) -> list[QueueSummary]:
         with self._read() as conn:
             names = conn.execute(select(queues.c.id, queues.c.name).order_by(queues.c.name)).all()
@@ -440,6 +516,7 @@ class SqlBackend:
             by_queue.setdefault(qid, {})[state] = int(count)
         return [QueueSummary(name=name, counts=by_queue[qid]) for qid, name in names]
 
+    @_retried
     def list_items(
         self, queue: str | None = None, states: list[ItemState] | None = None, limit: int = 50
     ) -> list[ItemInfo]:
@@ -452,6 +529,7 @@ class SqlBackend:
         with self._read() as conn:
             return [_item_info(row) for row in conn.execute(stmt).all()]
 
+    @_retried
     def get_item(self, item_id: str) -> ItemInfo | None:
         try:
             key = int(item_id)
@@ -460,6 +538,22 @@ class SqlBackend:
         with self._read() as conn:
             row = conn.execute(_item_select().where(items.c.id == key)).first()
         return _item_info(row) if row is not None else None
+
+
+def _agent_record(row: Any) -> AgentRecord:
+    """An agent's record; one marked lost (and not stopped cleanly) shows status LOST."""
+    status = row.status
+    if row.lost_at is not None and status != AgentStatus.KILLED.value:
+        status = "LOST"
+    return AgentRecord(
+        id=row.id,
+        name=row.name,
+        status=status,
+        stop_polling=bool(row.stop_polling),
+        hostname=row.hostname,
+        queues=list(row.queues),
+        heartbeat_at=row.heartbeat_at,
+    )
 
 
 def _item_select() -> Any:

@@ -1,4 +1,10 @@
-"""Tables of the SQL backend. One place, so migrations and queries agree on names."""
+"""Tables of the SQL backend, as the current schema version has them.
+
+Queries use these. A fresh database is not created from them but by the migrations in
+`agent_lib.backends.migrations`, which replay every version's change in order, so a new
+database and an upgraded one end up identical. Change a table here only together with a
+new migration step (and bump SCHEMA_VERSION).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -42,6 +48,8 @@ agents = Table(
     Column("version", String(64)),
     Column("created_at", Float, nullable=False),
     Column("heartbeat_at", Float),
+    # v2: set when another agent found this one's heartbeat too old (see sql_liveness).
+    Column("lost_at", Float),
 )
 
 queues = Table(
@@ -75,9 +83,12 @@ items = Table(
     Column("files", JSON),
     Column("warnings", JSON),
     Column("stop_requested", Boolean, nullable=False, default=False),
+    # v2: set when the item was FAILED because its agent was lost (adopt may undo that).
+    Column("lost_at", Float),
     Index("ix_launch_items_pop", "queue_id", "state", "priority", "id"),
     Index("ix_launch_items_state", "state"),
     Index("ix_launch_items_run_id", "run_id"),
+    Index("ix_launch_items_agent", "agent_id", "state"),
 )
 
 sweeps = Table(
