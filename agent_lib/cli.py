@@ -21,7 +21,7 @@ import yaml
 
 from agent_lib import __version__
 from agent_lib.agent import LaunchAgent
-from agent_lib.backends import SqlBackend, open_backend
+from agent_lib.backends import SqlBackend, WandbBackend, open_backend
 from agent_lib.backends.base import ItemInfo
 from agent_lib.config import AgentConfig
 from agent_lib.errors import BackendError, ConfigError
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--backend",
         metavar="URL",
-        help="queue database URL (default: sqlite file in the data dir; "
+        help="queue backend URL: sqlite:///PATH, postgresql://..., or wandb / "
+        "wandb+https://HOST for W&B's queues (default: sqlite file in the data dir; "
         "env LAUNCH_AGENT_BACKEND_URL)",
     )
     common.add_argument("--data-dir", metavar="DIR", help="where the queue and job folders live")
@@ -226,11 +227,25 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> AgentConfig:
     )
 
 
-def open_queue_db(config: AgentConfig) -> SqlBackend:
+def open_any_backend(config: AgentConfig) -> SqlBackend | WandbBackend:
+    """The backend the config names, for commands that need only the Backend protocol."""
     try:
         return open_backend(config.resolved_backend_url, config.lease_seconds)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+def open_queue_db(config: AgentConfig) -> SqlBackend:
+    """The SQL backend: listing and inspecting commands read its tables directly."""
+    backend = open_any_backend(config)
+    if not isinstance(backend, SqlBackend):
+        backend.close()
+        raise CliError(
+            "this command needs the SQL backend (sqlite:// or postgresql://); "
+            "W&B queues are listed in the W&B UI (Launch)",
+            EXIT_USAGE,
+        )
+    return backend
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -307,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.verbose < 2:
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
-    db = open_queue_db(config)
+    db = open_any_backend(config)
     agent = LaunchAgent(db, config)
     logging.getLogger("agent_lib").info(
         "agent %s started: queues %s, max_jobs %s, backend %s, jobs in %s",
@@ -418,8 +433,13 @@ def cmd_push(args: argparse.Namespace) -> int:
             raise
         raise CliError(str(exc), EXIT_USAGE) from exc
     priority = parse_priority(args.priority)
-    db = open_queue_db(load_config(args))
-    item_id = db.push_to_run_queue(args.queue, spec, priority, args.entity, args.project)
+    config = load_config(args)
+    db = open_any_backend(config)
+    # entity/project say where the queue lives (W&B: the entity's project model-registry).
+    item_id = db.push_to_run_queue(
+        args.queue, spec, priority, args.entity or config.entity, config.project
+    )
+    db.close()
     emit(
         args,
         {"id": item_id, "queue": args.queue},

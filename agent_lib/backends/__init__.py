@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
 from agent_lib.backends.sql import SqlBackend
+from agent_lib.backends.sql_url import is_sql_url, sqlalchemy_url
+from agent_lib.backends.wandb import WandbBackend
+from agent_lib.backends.wandb_auth import is_wandb_url
 
-__all__ = ["AgentRecord", "Backend", "ItemInfo", "QueueSummary", "SqlBackend", "open_backend"]
+__all__ = [
+    "AgentRecord",
+    "Backend",
+    "ItemInfo",
+    "QueueSummary",
+    "SqlBackend",
+    "WandbBackend",
+    "open_backend",
+]
 
 
-def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend:
-    """Open the backend a URL names: `sqlite:///path` or `postgresql://...`."""
-    if url.startswith(("sqlite", "postgresql", "postgres")):
-        return SqlBackend(url.replace("postgres://", "postgresql://", 1), lease_seconds)
-    raise ValueError(f"unsupported backend URL {url!r}: use sqlite:///PATH or postgresql://...")
+def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBackend:
+    """Open the backend a URL names.
+
+    `sqlite:///PATH` or `postgresql://...`: the SQL backend. `wandb` (server from
+    WANDB_BASE_URL, default https://api.wandb.ai) or `wandb+https://HOST[:PORT]`: W&B's
+    queues, where W&B's own lease applies (`lease_seconds` is not used).
+    """
+    if is_sql_url(url):
+        return SqlBackend(sqlalchemy_url(url), lease_seconds)
+    if is_wandb_url(url):
+        return WandbBackend.from_url(url)
+    raise ValueError(
+        f"unsupported backend URL {url!r}: use sqlite:///PATH, postgresql://..., "
+        "wandb or wandb+https://HOST"
+    )

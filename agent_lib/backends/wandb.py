@@ -1,0 +1,446 @@
+"""The W&B backend: serves existing Weights & Biases Launch queues over W&B's GraphQL API.
+
+Select it with the backend URL `wandb` (server from WANDB_BASE_URL, default the public
+cloud) or `wandb+https://HOST[:PORT]` / `wandb+http://...` (a self-hosted server). The key
+comes from WANDB_API_KEY or `.netrc` (see wandb_auth). Queues live in the entity's project
+`model-registry`, as W&B keeps them. An idle queue is polled at most once a second
+(`min_poll_interval`); a queue that just served an item is asked again at once.
+
+Operations W&B has no call for get the meaning W&B gives them:
+- heartbeat: none; W&B records an agent's heartbeat when it polls with its agent id.
+- release_run_queue_item: none; W&B's lease expiry returns an unacked item to its queue.
+- complete_run_queue_item: W&B derives an item's end from its run. Like W&B's agent, a job
+  that ended without its run ever reaching W&B fails its item ("The submitted run was not
+  successfully started"), or the item would show as claimed forever.
+- adopt_run_queue_item: W&B keeps no per-agent claim to check, so the agent may track a
+  run it finds again after a restart (True).
+Failure files are not uploaded (W&B's agent keeps them in a hidden run of its own): the
+paths sent in `filePaths` are where they are on the agent's host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent_lib.backends import wandb_ops as ops
+from agent_lib.backends.base import AgentRecord
+from agent_lib.backends.wandb_auth import base_url_from, resolve_api_key
+from agent_lib.backends.wandb_client import WandbClient
+from agent_lib.errors import BackendError, ConfigError
+from agent_lib.redact import redact_mapping
+from agent_lib.spec import LaunchSpec, QueueItem
+from agent_lib.states import AgentStatus, ItemState, Phase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROJECT = "model-registry"
+# After an empty pop, a queue is asked again no sooner than this: the agent's fast local
+# poll interval would otherwise send W&B several requests a second per idle queue.
+DEFAULT_MIN_POLL_INTERVAL = 1.0
+RUN_NOT_STARTED = "The submitted run was not successfully started"
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
+
+
+@dataclass
+class _Claim:
+    """What the backend remembers about an item it popped, to check its run at the end."""
+
+    queue: str
+    entity: str
+    project: str | None
+    run_id: str | None = None
+
+
+class WandbBackend:
+    """The Backend protocol over W&B's GraphQL API (the operations W&B's agent sends)."""
+
+    supports_wakeup = False
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        entity: str | None = None,
+        check_runs: bool = True,
+        min_poll_interval: float = DEFAULT_MIN_POLL_INTERVAL,
+        **client_options: Any,
+    ) -> None:
+        self.base_url = base_url
+        self._api_key = resolve_api_key(base_url, api_key)
+        self._client = WandbClient(base_url, self._api_key, **client_options)
+        self._entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self._check_runs = check_runs
+        self._min_poll_interval = min_poll_interval
+        self._idle_until: dict[str, float] = {}
+        self._claims: dict[str, _Claim] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> WandbBackend:
+        """`wandb`, `wandb://` or `wandb+https://HOST[:PORT]` (see the module docstring)."""
+        return cls(base_url_from(url), **options)
+
+    @property
+    def display_url(self) -> str:
+        return f"W&B at {self.base_url}"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _run(self, operation: str, document: str, **variables: Any) -> dict[str, Any]:
+        return self._client.execute(operation, document, variables)
+
+    def _require_entity(self, entity: str | None) -> str:
+        chosen = entity or self._entity
+        if not chosen:
+            raise ConfigError(
+                "the W&B backend needs an entity (the W&B user or team whose queues to "
+                "serve): set `entity` in the agent config, LAUNCH_AGENT_ENTITY, --entity "
+                "or WANDB_ENTITY"
+            )
+        return chosen
+
+    # -- the agent's own record --
+    def create_launch_agent(
+        self,
+        entity: str | None,
+        project: str,
+        queues: list[str],
+        hostname: str,
+        agent_config: dict[str, Any],
+        version: str,
+    ) -> str:
+        """Register as W&B's agent does: resolve queue ids, createLaunchAgent, team check."""
+        entity = self._require_entity(entity)
+        self._entity = entity
+        queue_ids = self.resolve_queue_ids(entity, project, queues)
+        data = self._run(
+            "createLaunchAgent",
+            ops.CREATE_LAUNCH_AGENT,
+            entity=entity,
+            project=project,
+            queues=queue_ids,
+            hostname=hostname,
+            agentConfig=json.dumps(config_without_secrets(agent_config)),
+            version=version,
+        )
+        payload = data.get("createLaunchAgent") or {}
+        agent_id = payload.get("launchAgentId")
+        if not agent_id:
+            raise BackendError(f"W&B did not register the agent for {entity}/{project}")
+        self._warn_if_team(entity)
+        log.info("registered with %s as launch agent %s", self.display_url, agent_id)
+        return str(agent_id)
+
+    def resolve_queue_ids(self, entity: str, project: str, queues: list[str]) -> list[str]:
+        """The ids of the named queues; a ConfigError naming the missing and available ones."""
+        data = self._run(
+            "ProjectRunQueues", ops.PROJECT_RUN_QUEUES, entity=entity, projectName=project
+        )
+        found = data.get("project")
+        if found is None:
+            raise BackendError(
+                f"could not read the run queues of {entity}/{project}: check that the entity "
+                "exists and that the API key's user can access it"
+            )
+        available = found.get("runQueues") or []
+        ids = [str(q["id"]) for q in available if q.get("name") in queues]
+        names = {q.get("name") for q in available}
+        missing = [q for q in queues if q not in names]
+        if missing:
+            listed = ", ".join(sorted(str(n) for n in names)) or "none"
+            raise ConfigError(
+                f"queue(s) {', '.join(missing)} not found in {entity}/{project}; available "
+                f"queues: {listed}. Create the queue in W&B (Launch > Create queue) or fix "
+                "`queues` in the agent config"
+            )
+        return ids
+
+    def _warn_if_team(self, entity: str) -> None:
+        data = self._run("EntityIsTeam", ops.ENTITY_IS_TEAM, entity=entity)
+        found = data.get("entity")
+        if found is None:
+            raise BackendError(
+                f"could not read entity {entity!r}: check that you have access to this entity"
+            )
+        if found.get("isTeam"):
+            log.warning(
+                "agent is running on team entity (%s): members of this team will be able to "
+                "run code on this machine",
+                entity,
+            )
+
+    def get_launch_agent(self, agent_id: str) -> AgentRecord:
+        data = self._run("LaunchAgent", ops.LAUNCH_AGENT, agentId=agent_id)
+        record = data.get("launchAgent")
+        if record is None:
+            raise BackendError(f"W&B has no launch agent {agent_id!r} (was it deleted?)")
+        return AgentRecord(
+            id=str(record["id"]),
+            name=str(record.get("name") or record["id"]),
+            status=str(record.get("agentStatus") or ""),
+            stop_polling=bool(record.get("stopPolling")),
+            hostname=str(record.get("hostname") or ""),
+            queues=[str(q) for q in record.get("runQueues") or []],
+            heartbeat_at=parse_datetime(record.get("heartbeatAt")),
+        )
+
+    def update_launch_agent_status(self, agent_id: str, status: AgentStatus) -> bool:
+        data = self._run(
+            "updateLaunchAgent",
+            ops.UPDATE_LAUNCH_AGENT,
+            agentId=agent_id,
+            agentStatus=AgentStatus(status).value,
+        )
+        return bool((data.get("updateLaunchAgent") or {}).get("success"))
+
+    def heartbeat(self, agent_id: str) -> None:
+        """Nothing to send: W&B notes the agent's heartbeat when it pops with its id."""
+
+    # -- the queue --
+    def pop_from_run_queue(
+        self, queue: str, entity: str | None, project: str, agent_id: str
+    ) -> QueueItem | None:
+        entity = self._require_entity(entity)
+        if time.monotonic() < self._idle_until.get(queue, 0.0):
+            return None
+        data = self._run(
+            "popFromRunQueue",
+            ops.POP_FROM_RUN_QUEUE,
+            entity=entity,
+            project=project,
+            queueName=queue,
+            launchAgentId=agent_id,
+        )
+        payload = data.get("popFromRunQueue") or {}
+        item_id = payload.get("runQueueItemId")
+        if not item_id:
+            self._idle_until[queue] = time.monotonic() + self._min_poll_interval
+            return None
+        item_id = str(item_id)
+        spec = _spec_of(payload.get("runSpec"))
+        if spec is None:
+            self.fail_run_queue_item(item_id, "runSpec is not a JSON object", Phase.AGENT)
+            log.error("item %s from queue %r: runSpec is not a JSON object", item_id, queue)
+            return None
+        claim = _Claim(queue, str(spec.get("entity") or entity), _str_or_none(spec.get("project")))
+        with self._lock:
+            self._claims[item_id] = claim
+        return QueueItem(id=item_id, queue=queue, run_spec=spec)
+
+    def ack_run_queue_item(self, item_id: str, run_id: str) -> bool:
+        data = self._run("ackRunQueueItem", ops.ACK_RUN_QUEUE_ITEM, itemId=item_id, runId=run_id)
+        acked = bool((data.get("ackRunQueueItem") or {}).get("success"))
+        with self._lock:
+            claim = self._claims.get(item_id)
+            if claim is not None and acked:
+                claim.run_id = run_id
+        return acked
+
+    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
+        """W&B keeps no per-agent claim to check: track the run found again (True)."""
+        return True
+
+    def release_run_queue_item(self, item_id: str) -> None:
+        """Nothing to send: W&B's lease expiry returns an unacked item to its queue."""
+        with self._lock:
+            self._claims.pop(item_id, None)
+
+    def fail_run_queue_item(
+        self, item_id: str, message: str, phase: Phase, files: list[str] | None = None
+    ) -> bool:
+        with self._lock:
+            self._claims.pop(item_id, None)
+        data = self._run(
+            "failRunQueueItem",
+            ops.FAIL_RUN_QUEUE_ITEM,
+            runQueueItemId=item_id,
+            message=message,
+            stage=Phase(phase).value,
+            filePaths=files,
+        )
+        return bool((data.get("failRunQueueItem") or {}).get("success"))
+
+    def update_run_queue_item_warning(
+        self, item_id: str, message: str, phase: str, files: list[str] | None = None
+    ) -> bool:
+        data = self._run(
+            "updateRunQueueItemWarning",
+            ops.UPDATE_RUN_QUEUE_ITEM_WARNING,
+            runQueueItemId=item_id,
+            message=message,
+            stage=str(phase),
+            filePaths=files,
+        )
+        return bool((data.get("updateRunQueueItemWarning") or {}).get("success"))
+
+    def complete_run_queue_item(
+        self, item_id: str, state: ItemState, exit_code: int | None = None
+    ) -> None:
+        """W&B takes the item's end from its run; fail it if the run never reached W&B."""
+        with self._lock:
+            claim = self._claims.pop(item_id, None)
+        if not self._check_runs or state not in (ItemState.FINISHED, ItemState.STOPPED):
+            return
+        if claim is None or claim.project is None or claim.run_id is None:
+            return
+        try:
+            started = self._run_exists(claim.entity, claim.project, claim.run_id)
+        except Exception as exc:  # a check that cannot be made must not fail the item
+            log.warning("item %s: could not check run %s in W&B: %s", item_id, claim.run_id, exc)
+            return
+        if not started:
+            message = (
+                f"{RUN_NOT_STARTED}: run {claim.run_id} never appeared in "
+                f"{claim.entity}/{claim.project} (does the job call wandb.init?)"
+            )
+            log.warning("item %s: %s", item_id, message)
+            self.fail_run_queue_item(item_id, message, Phase.RUN)
+
+    def _run_exists(self, entity: str, project: str, run_id: str) -> bool:
+        data = self._run("RunState", ops.RUN_STATE, project=project, entity=entity, name=run_id)
+        return (data.get("project") or {}).get("run") is not None
+
+    def push_to_run_queue(
+        self,
+        queue: str,
+        run_spec: dict[str, Any],
+        priority: int | None = None,
+        entity: str | None = None,
+        project: str | None = None,
+    ) -> str:
+        """pushToRunQueueByName; `entity`/`project` say where the queue lives."""
+        entity = self._require_entity(entity)
+        project = project or DEFAULT_PROJECT
+        variables: dict[str, Any] = {
+            "entityName": entity,
+            "projectName": project,
+            "queueName": queue,
+            "runSpec": json.dumps(run_spec),
+        }
+        document = ops.PUSH_TO_RUN_QUEUE_BY_NAME
+        if priority is not None:
+            variables["priority"] = priority
+            document = ops.PUSH_TO_RUN_QUEUE_BY_NAME_WITH_PRIORITY
+        data = self._client.execute("pushToRunQueueByName", document, variables)
+        item_id = (data.get("pushToRunQueueByName") or {}).get("runQueueItemId")
+        if not item_id:
+            raise BackendError(
+                f"W&B did not add the item to queue {queue!r} of {entity}/{project}: "
+                "check that the queue exists there"
+            )
+        return str(item_id)
+
+    # -- runs and sweeps --
+    def run_should_stop(self, entity: str | None, project: str | None, run_id: str) -> bool:
+        """RunStoppedStatus: whether someone stopped the run in W&B."""
+        if not project:
+            return False
+        data = self._run(
+            "RunStoppedStatus",
+            ops.RUN_STOPPED_STATUS,
+            projectName=project,
+            entityName=entity or self._entity,
+            runId=run_id,
+        )
+        run = (data.get("project") or {}).get("run") or {}
+        return bool(run.get("stopped"))
+
+    def get_sweep_state(self, sweep_id: str, entity: str | None, project: str | None) -> str | None:
+        data = self._run(
+            "GetSweepState",
+            ops.GET_SWEEP_STATE,
+            entity=entity or self._entity,
+            project=project,
+            sweep=sweep_id,
+        )
+        sweep = (data.get("project") or {}).get("sweep") or {}
+        state = sweep.get("state")
+        return str(state).upper() if state else None
+
+    def set_sweep_state(
+        self, sweep_id: str, state: str, entity: str | None, project: str | None
+    ) -> None:
+        entity = entity or self._entity
+        data = self._run(
+            "SweepIdAndState",
+            ops.SWEEP_ID_AND_STATE,
+            entity=entity,
+            project=project,
+            sweep=sweep_id,
+        )
+        sweep = (data.get("project") or {}).get("sweep")
+        if not sweep:
+            raise BackendError(f"W&B has no sweep {sweep_id!r} in {entity}/{project}")
+        self._run(
+            "UpsertSweep",
+            ops.UPSERT_SWEEP,
+            id=sweep["id"],
+            state=state,
+            entityName=entity,
+            projectName=project,
+        )
+
+    def wait_for_items(self, queues: list[str], timeout: float) -> bool:
+        """W&B cannot announce new items: the agent polls."""
+        return False
+
+    # -- the job's credentials --
+    def job_environment(self, spec: LaunchSpec) -> dict[str, str]:
+        """WANDB_BASE_URL and the API key (the item's own key wins), by environment only."""
+        return {
+            "WANDB_BASE_URL": self.base_url,
+            "WANDB_API_KEY": spec.wandb_api_key or self._api_key,
+        }
+
+
+def config_without_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """The agent config as W&B shows it: secret-named keys masked, URL passwords removed."""
+    masked = redact_mapping(config)
+    return _strip_url_passwords(masked) if isinstance(masked, dict) else {}
+
+
+def _strip_url_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_url_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_url_passwords(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    return value
+
+
+def parse_datetime(value: Any) -> float | None:
+    """A W&B DateTime (ISO 8601, UTC when no zone is given) as a Unix time."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _spec_of(raw: Any) -> dict[str, Any] | None:
+    """runSpec arrives as a JSON object (or, from some servers, a JSON string)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value else None
