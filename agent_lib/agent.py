@@ -112,6 +112,12 @@ class LaunchAgent:
         self._last_status_print = 0.0
         self._jobs_started = 0
         self._started_at = time.monotonic()
+        # Runs found at start that we could not adopt yet: their old agent may still count
+        # as alive. We look again on each tick until its agent_timeout has surely passed.
+        self._strays: set[tuple[str, str]] = set()
+        self._reattach_until = (
+            self._started_at + self._config.agent_timeout + 2 * self._config.heartbeat_interval
+        )
         register_secret(os.environ.get("WANDB_API_KEY"))
         self._id = api.create_launch_agent(
             self._entity,
@@ -189,6 +195,7 @@ class LaunchAgent:
         self.print_status()
         next_tick = 0.0
         failures = 0
+        seen_idle = False
         try:
             while not self.stopping:
                 now = time.monotonic()
@@ -207,10 +214,18 @@ class LaunchAgent:
                     await self._idle(delay)
                     continue
                 if started:
+                    seen_idle = False
                     continue
-                if self._config.exit_when_idle and not self._jobs and not self._deferred:
-                    self._stop_reason = "queues are empty (exit_when_idle)"
-                    break
+                idle = not (self._jobs or self._deferred or self._strays)
+                if self._config.exit_when_idle and idle:
+                    # Twice in a row: an item released back to its queue while we popped
+                    # (a deferred scheduler) is seen on the second look.
+                    if seen_idle:
+                        self._stop_reason = "queues are empty (exit_when_idle)"
+                        break
+                    seen_idle = True
+                    continue
+                seen_idle = False
                 await self._idle(self._config.poll_interval)
         except asyncio.CancelledError:
             self._stop_reason = self._stop_reason or "cancelled"
@@ -283,6 +298,8 @@ class LaunchAgent:
             log.warning("could not reach the backend for the heartbeat: %s", exc)
         self._expire_deferred()
         self._check_handover()
+        if self._strays:
+            await self._reattach_runs()
         interval = self._config.status_interval / (1 + 2 * self._config.verbosity)
         if time.monotonic() - self._last_status_print >= interval:
             self.print_status()
@@ -343,11 +360,12 @@ class LaunchAgent:
     async def _release_deferred(self) -> None:
         """Give deferred schedulers back to their queues now that a slot (or the end) came."""
         for item_id in list(self._deferred):
-            del self._deferred[item_id]
             try:
                 await self._call(self._api.release_run_queue_item, item_id)
             except Exception as exc:
                 log.warning("could not release item %s (its lease will): %s", item_id, exc)
+            # Forget it only now: until it is back in its queue, the agent is not idle.
+            self._deferred.pop(item_id, None)
 
     async def get_job_and_queue(self) -> JobAndQueue | None:
         """Pop from the queues round-robin; the queue that served moves to the back."""
@@ -471,8 +489,11 @@ class LaunchAgent:
 
         Runners that can find their runs again offer `list_runs()`, returning each run with
         the labels the agent gave it. A run whose item this agent may adopt is tracked to
-        its end; one whose item ended or belongs to a live agent is left alone, and said.
+        its end. One it may not adopt yet (its old agent is not yet counted as lost) is
+        tried again on later ticks; after `agent_timeout` it is left alone, and said.
         """
+        final = time.monotonic() >= self._reattach_until
+        still_stray: set[tuple[str, str]] = set()
         for resource in available_resources():
             try:
                 runner = make_runner(resource, self._config)
@@ -482,26 +503,28 @@ class LaunchAgent:
                 log.debug("cannot look for %s runs to re-attach: %s", resource, exc)
                 continue
             for labels, run in found:
-                await self._adopt(resource, labels, run)
+                if not await self._adopt(resource, labels, run):
+                    still_stray.add((labels["launch-agent.item"], labels["launch-agent.run"]))
+        if final:
+            for item_id, run_id in sorted(still_stray):
+                log.warning(
+                    "a run of item %s (run %s) is still present, but this agent may not adopt "
+                    "it (the item ended or a live agent holds it); leaving it alone",
+                    item_id,
+                    run_id,
+                )
+            still_stray.clear()
+        self._strays = still_stray
 
-    async def _adopt(self, resource: str, labels: dict[str, str], run: SubmittedRun) -> None:
+    async def _adopt(self, resource: str, labels: dict[str, str], run: SubmittedRun) -> bool:
+        """Track a found run to its end if we may. False: a stray we may not (yet) adopt."""
         item_id = labels.get("launch-agent.item")
         run_id = labels.get("launch-agent.run")
         queue = labels.get("launch-agent.queue", "?")
-        if not item_id or not run_id or item_id in self._jobs:
-            return
-        if queue not in self._queues:
-            return
+        if not item_id or not run_id or item_id in self._jobs or queue not in self._queues:
+            return True  # not a candidate: nothing to look at again
         if not await self._call(self._api.adopt_run_queue_item, item_id, run_id, self._id):
-            log.warning(
-                "found %s run %s of item %s (run %s) that this agent may not adopt "
-                "(the item ended or another agent holds it); leaving it alone",
-                resource,
-                run.id,
-                item_id,
-                run_id,
-            )
-            return
+            return False
         log.info("item %s: re-attached to its %s run %s", item_id, resource, run_id)
         tracker = JobTracker(
             run_queue_item_id=item_id,
@@ -522,6 +545,7 @@ class LaunchAgent:
             name=f"launch-job-{item_id}",
         )
         await self.update_status(AgentStatus.RUNNING)
+        return True
 
     async def _validate(self, launch_spec: dict[str, Any], tracker: JobTracker) -> LaunchSpec:
         spec = LaunchSpec.parse(launch_spec)

@@ -14,7 +14,18 @@ __all__ = ["Builder", "NoopBuilder", "make_builder", "register_builder"]
 
 BuilderFactory = Callable[[AgentConfig, dict[str, Any]], Builder]
 
-_FACTORIES: dict[str, BuilderFactory] = {"noop": lambda _config, _settings: NoopBuilder()}
+
+def _docker(config: AgentConfig, settings: dict[str, Any]) -> Builder:
+    # Imported on use: the docker SDK costs import time that local-process agents skip.
+    from agent_lib.builders.docker import DockerBuilder
+
+    return DockerBuilder(config, settings)
+
+
+_FACTORIES: dict[str, BuilderFactory] = {
+    "noop": lambda _config, _settings: NoopBuilder(),
+    "docker": _docker,
+}
 
 
 def register_builder(kind: str, factory: BuilderFactory) -> None:

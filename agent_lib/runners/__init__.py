@@ -8,7 +8,7 @@ from agent_lib.config import AgentConfig
 from agent_lib.errors import SpecError
 from agent_lib.runners.base import LaunchContext, Runner, Status, SubmittedRun
 from agent_lib.runners.local_process import LocalProcessRunner
-from agent_lib.spec import LOCAL_PROCESS
+from agent_lib.spec import LOCAL_CONTAINER, LOCAL_PROCESS
 
 __all__ = [
     "LaunchContext",
@@ -23,8 +23,17 @@ __all__ = [
 
 RunnerFactory = Callable[[AgentConfig], Runner]
 
+
+def _local_container(config: AgentConfig) -> Runner:
+    # Imported on use: the docker SDK costs import time that local-process agents skip.
+    from agent_lib.runners.local_container import LocalContainerRunner
+
+    return LocalContainerRunner(config)
+
+
 _FACTORIES: dict[str, RunnerFactory] = {
     LOCAL_PROCESS: lambda _config: LocalProcessRunner(),
+    LOCAL_CONTAINER: _local_container,
 }
 
 
