@@ -1,0 +1,1 @@
+"""Prefect deployments for the launch agent: `serve.py` (no work pool) and `prefect.yaml`."""

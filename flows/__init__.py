@@ -1,0 +1,11 @@
+"""Prefect flows around agent_lib: the agent as a flow run, each job as a subflow run.
+
+`launch_agent` (long-lived) and `drain` (until the queues are empty) run
+`agent_lib.LaunchAgent` with `PrefectHooks`; nothing of the engine is re-implemented here.
+"""
+
+from flows.agent_flow import drain, launch_agent
+from flows.hooks import PrefectHooks
+from flows.job_flow import task_run_job
+
+__all__ = ["PrefectHooks", "drain", "launch_agent", "task_run_job"]

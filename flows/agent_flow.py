@@ -1,0 +1,170 @@
+"""The `launch-agent` flow (long-lived) and the `drain` flow (empty the queues, exit).
+
+Both run agent_lib's own `LaunchAgent.loop()` inside one flow run, with `PrefectHooks`
+making each item a `task_run_job` subflow run of it. Parameters cover what people change
+per deployment (queues, max_jobs, backend, config file, hand-over); any other config key
+goes in `settings`, and everything else comes from the config file and the environment,
+as with the plain agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from prefect import State, flow
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed
+
+from agent_lib import AgentConfig, LaunchAgent, open_backend
+from flows.artifacts import status_artifact, status_key, status_markdown
+from flows.cancel import sigterm_stops, watching_for_cancel
+from flows.hooks import PrefectHooks
+from flows.logs import route_agent_logs
+
+log = logging.getLogger("agent_lib.flows")
+
+OnCancel = Literal["requeue", "finish"]
+CANCEL_CHECK_SECONDS = 1.0
+
+
+def agent_run_name() -> str:
+    """'agent on <queues>' (or 'drain <queues>'), so runs are told apart in the UI."""
+    params = flow_run.parameters
+    queues = ",".join(params.get("queues") or []) or "configured queues"
+    verb = "drain" if flow_run.flow_name == "drain" else "agent on"
+    return f"{verb} {queues}"
+
+
+def load_config(
+    queues: list[str] | None,
+    max_jobs: int | None,
+    backend_url: str | None,
+    config_file: str | None,
+    stop_after_jobs: int | None,
+    stop_after_hours: float | None,
+    settings: dict[str, Any] | None,
+    exit_when_idle: bool | None,
+) -> AgentConfig:
+    """The agent's config: these parameters over `settings`, the environment, the file."""
+    overrides: dict[str, Any] = {
+        **(settings or {}),
+        "queues": queues,
+        "max_jobs": max_jobs,
+        "backend_url": backend_url,
+        "stop_after_jobs": stop_after_jobs,
+        "stop_after_seconds": stop_after_hours * 3600 if stop_after_hours else None,
+        "exit_when_idle": exit_when_idle,
+    }
+    return AgentConfig.load(config_file, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def prefect_watch(
+    agent: LaunchAgent, hooks: PrefectHooks, on_cancel: OnCancel, status_seconds: float
+) -> AsyncIterator[list[str]]:
+    """While the agent loops: the status artifact, and cancel / SIGTERM -> clean stop.
+
+    Yields a list that holds "cancelled" once the flow run was cancelled.
+    """
+    seen: list[str] = []
+    requeue = on_cancel == "requeue"
+
+    def cancel() -> None:
+        seen.append("cancelled")
+        agent.stop(requeue=requeue, reason=f"the flow run was cancelled (on_cancel={on_cancel})")
+
+    def sigterm() -> None:
+        agent.stop(requeue=requeue, reason=f"SIGTERM (on_cancel={on_cancel})")
+
+    def render() -> str:
+        state = f"stopping: {agent.stop_reason}" if agent.stopping else "polling"
+        running = list(hooks.running.values())
+        return status_markdown(agent.name(), state, agent.outcomes, running, agent.config.max_jobs)
+
+    context = FlowRunContext.get()
+    run_id = context.flow_run.id if context and context.flow_run else None
+    with sigterm_stops(sigterm):
+        async with (
+            watching_for_cancel(run_id, cancel, CANCEL_CHECK_SECONDS),
+            status_artifact(status_key(agent.name()), render, status_seconds),
+        ):
+            yield seen
+
+
+async def run_agent(config: AgentConfig, on_cancel: OnCancel, status_seconds: float) -> State[Any]:
+    """Run the agent's loop to its end inside the current flow run; the run's final state."""
+    route_agent_logs()
+    api = open_backend(config.resolved_backend_url, config.lease_seconds)
+    try:
+        hooks = PrefectHooks()
+        agent = LaunchAgent(api, config, hooks)
+        log.info(
+            "agent %s started: queues %s, max_jobs %s, jobs in %s",
+            agent.name(),
+            ", ".join(config.queues),
+            config.max_jobs,
+            config.jobs_dir,
+        )
+        async with prefect_watch(agent, hooks, on_cancel, status_seconds) as seen:
+            await agent.loop()
+    finally:
+        api.close()
+    done = ", ".join(f"{n} {k}" for k, n in sorted(agent.outcomes.items())) or "no jobs"
+    message = f"agent {agent.name()} stopped ({agent.stop_reason}): {done}"
+    if hooks.prefect_errors:
+        message += f"; {hooks.prefect_errors} Prefect error(s) worked around (see logs)"
+    if seen:
+        return Cancelled(message=message)
+    return Completed(message=message)
+
+
+@flow(name="launch-agent", flow_run_name=agent_run_name, persist_result=False)
+async def launch_agent(
+    queues: list[str] | None = None,
+    max_jobs: int | None = None,
+    backend_url: str | None = None,
+    config_file: str | None = None,
+    on_cancel: OnCancel = "requeue",
+    stop_after_jobs: int | None = None,
+    stop_after_hours: float | None = None,
+    status_seconds: float = 10.0,
+    settings: dict[str, Any] | None = None,
+) -> State[Any]:
+    """Run the launch agent until stopped; each popped item is a `task_run_job` subflow run.
+
+    Cancelling this run stops the agent: it stops popping and, with on_cancel="requeue",
+    cancels its running jobs and puts their items back on their queues (resumed by the
+    next agent); with "finish", lets them finish first. stop_after_jobs / stop_after_hours
+    hand over: stop popping, finish the jobs, exit (the deployment's schedule starts the
+    next agent).
+    """
+    config = load_config(
+        queues,
+        max_jobs,
+        backend_url,
+        config_file,
+        stop_after_jobs,
+        stop_after_hours,
+        settings,
+        None,
+    )
+    return await run_agent(config, on_cancel, status_seconds)
+
+
+@flow(name="drain", flow_run_name=agent_run_name, persist_result=False)
+async def drain(
+    queues: list[str] | None = None,
+    max_jobs: int | None = None,
+    backend_url: str | None = None,
+    config_file: str | None = None,
+    on_cancel: OnCancel = "requeue",
+    status_seconds: float = 10.0,
+    settings: dict[str, Any] | None = None,
+) -> State[Any]:
+    """Pop until the queues are empty, wait for the jobs, exit: for batch sites on a cron."""
+    config = load_config(queues, max_jobs, backend_url, config_file, None, None, settings, True)
+    return await run_agent(config, on_cancel, status_seconds)

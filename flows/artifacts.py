@@ -1,0 +1,139 @@
+"""Artifacts a person reads at a glance: one per job, and the agent's live status.
+
+The job artifact is attached to the job's subflow run (no key: thousands of jobs would
+otherwise crowd the artifact catalog). The status artifact has a fixed key, so the UI's
+Artifacts page always shows its latest version; a new version is written only when the
+status changed, and at most every `every` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from prefect.artifacts import acreate_markdown_artifact
+
+from agent_lib.redact import redact
+from agent_lib.tracker import JobTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended, as the subflow saw it."""
+
+    state: str  # Completed, Failed, Cancelled
+    message: str = ""
+    phase: str | None = None
+
+
+def _cell(value: object) -> str:
+    return redact(str(value)).replace("|", "\\|").replace("\n", " ")
+
+
+def job_markdown(tracker: JobTracker, outcome: JobOutcome) -> str:
+    """A small table: item, what ran, exit code, duration, and why it failed."""
+    status = tracker.completed_status
+    rows = [
+        ("outcome", outcome.state),
+        ("item", tracker.run_queue_item_id),
+        ("queue", tracker.queue),
+        ("run id", tracker.run_id or "-"),
+        ("resource", tracker.resource or "-"),
+        ("image / command", tracker.description or "-"),
+        ("exit code", status.exit_code if status and status.exit_code is not None else "-"),
+        ("duration", f"{tracker.elapsed:.1f} s"),
+    ]
+    if outcome.phase:
+        rows.append(("failed in phase", outcome.phase))
+    if outcome.message:
+        rows.append(("message", outcome.message))
+    rows.append(("output", str(tracker.log_path)))
+    lines = ["| | |", "|---|---|", *(f"| **{k}** | {_cell(v)} |" for k, v in rows)]
+    return "\n".join(lines)
+
+
+async def publish_job_artifact(tracker: JobTracker, outcome: JobOutcome) -> None:
+    """Attach the job's summary to its subflow run; never fail the job over it."""
+    try:
+        await acreate_markdown_artifact(
+            job_markdown(tracker, outcome),
+            description=f"job for item {tracker.run_queue_item_id}: {outcome.state}",
+        )
+    except Exception as exc:
+        log.warning("item %s: could not save its artifact: %s", tracker.run_queue_item_id, exc)
+
+
+def status_key(agent_name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", agent_name.lower()).strip("-")
+    return f"launch-agent-{slug or 'status'}"
+
+
+@contextlib.asynccontextmanager
+async def status_artifact(key: str, render: Callable[[], str], every: float) -> AsyncIterator[None]:
+    """Keep the artifact `key` showing `render()` while the block runs, and at its end."""
+    last = ""
+    lock = asyncio.Lock()
+
+    async def publish() -> None:
+        nonlocal last
+        async with lock:
+            text = render()
+            if text == last:
+                return
+            try:
+                await acreate_markdown_artifact(text, key=key, description="launch agent status")
+                last = text
+            except Exception as exc:
+                log.debug("could not update the status artifact: %s", exc)
+
+    async def refresh() -> None:
+        while True:
+            await publish()
+            await asyncio.sleep(every)
+
+    refresher = asyncio.create_task(refresh())
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await publish()
+
+
+def _started(tracker: JobTracker) -> str:
+    """Wall-clock start, to the second (stable between refreshes, unlike a duration)."""
+    return time.strftime("%H:%M:%S", time.localtime(round(time.time() - tracker.elapsed)))
+
+
+def status_markdown(
+    name: str,
+    state: str,
+    outcomes: dict[str, int],
+    running: list[JobTracker],
+    max_jobs: int,
+) -> str:
+    """The agent's status: what it does, what ran, what runs now."""
+    done = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "none yet"
+    limit = "unlimited" if max_jobs == -1 else str(max_jobs)
+    lines = [
+        f"## Launch agent `{name}`",
+        "",
+        f"**{state}** · running {len(running)} of max {limit} jobs · done: {done}",
+    ]
+    if running:
+        lines += ["", "| item | queue | run | started | what |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {t.run_queue_item_id} | {_cell(t.queue)} | {t.run_id or '-'} "
+            f"| {_started(t)} | {_cell(t.description[:80] or '-')} |"
+            for t in running
+        ]
+    return "\n".join(lines)
