@@ -10,35 +10,20 @@ Run: .venv/bin/python bench/bench_agent.py [--rounds N]
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
+import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from agent_lib.backends import SqlBackend, open_backend
-from agent_lib.states import TERMINAL_ITEM_STATES
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: make `bench` importable
+
+from agent_lib.backends import SqlBackend, open_backend  # noqa: E402
+from agent_lib.states import TERMINAL_ITEM_STATES  # noqa: E402
+from bench.common import latency_summary, start_agent  # noqa: E402
 
 STAMP = 'date +%s.%N >> "$0"'
-
-
-def start_agent(db_url: str, data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent_lib.cli",
-            "run",
-            "--backend",
-            db_url,
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def stamp_job(path: Path, script: str = STAMP) -> dict[str, object]:
@@ -57,8 +42,9 @@ def wait_lines(path: Path, count: int, timeout: float = 30) -> list[float]:
 
 
 def wait_idle() -> None:
-    """Let the agent settle into polling before a measurement."""
-    time.sleep(0.5)
+    """Let the agent settle into polling, then push at a random point of its poll cycle
+    (a fixed pause would phase-lock pushes to the cycle and flatter the latency)."""
+    time.sleep(0.5 + random.uniform(0.0, 0.1))
 
 
 def push_to_start(db: SqlBackend, work: Path, rounds: int) -> list[float]:
@@ -104,15 +90,6 @@ def drain(work: Path, jobs: int, max_jobs: int) -> tuple[float, float]:
     return last - first, wall
 
 
-def summary(name: str, values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return (
-        f"{name}: median {statistics.median(ms):.1f} ms, p95 {p95:.1f} ms, "
-        f"min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (n={len(ms)})"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -125,13 +102,13 @@ def main() -> None:
         try:
             time.sleep(1.0)
             print(
-                summary(
+                latency_summary(
                     "push -> job start (idle agent, poll 0.1 s)",
                     push_to_start(db, work, args.rounds),
                 )
             )
             print(
-                summary(
+                latency_summary(
                     "job exit -> next job start (max_jobs 1)", slot_reuse(db, work, args.rounds)
                 )
             )

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from agent_lib.backends import open_backend  # noqa: E402
 from agent_lib.builders.docker import DockerBuilder, Source  # noqa: E402
 from agent_lib.config import AgentConfig  # noqa: E402
 from agent_lib.states import TERMINAL_ITEM_STATES  # noqa: E402
+from bench import common  # noqa: E402
 from tests.docker.images import busybox_image, python_image  # noqa: E402
 
 
@@ -44,22 +43,9 @@ def engine_time(stamp: str) -> float:
 
 
 def start_agent(db_url: str, data_dir: Path, queue: str, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LAUNCH_AGENT_REMOVE_CONTAINERS": "false"}
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "launch-agent"),
-            "run",
-            "--backend",
-            db_url,
-            "--data-dir",
-            str(data_dir),
-            "--queue",
-            queue,
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    """Containers are kept after they end, so the bench can read the engine's timestamps."""
+    return common.start_agent(
+        db_url, data_dir, "--queue", queue, *args, env={"LAUNCH_AGENT_REMOVE_CONTAINERS": "false"}
     )
 
 
@@ -151,12 +137,7 @@ def bench_build(client: Any, base: str, rounds: int, work: Path) -> None:
 
 
 def report(what: str, values: list[float]) -> None:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    print(
-        f"{what:55s} median {statistics.median(ms):8.1f} ms   p95 {p95:8.1f} ms   "
-        f"min {ms[0]:8.1f} ms   (n={len(ms)})"
-    )
+    print(common.latency_summary(what, values))
 
 
 def main() -> None:

@@ -100,14 +100,20 @@ def _state_is_terminal(info: ItemInfo | None) -> bool:
 
 
 def start_agent_process(
-    db_url: str, data_dir: Path, *args: str, log_file: Path | None = None
+    db_url: str,
+    data_dir: Path,
+    *args: str,
+    log_file: Path | None = None,
+    **settings: str,
 ) -> subprocess.Popen[bytes]:
-    """`launch-agent run` as a real process, with fast intervals from the environment."""
+    """`launch-agent run` as a real process; its output goes to `data_dir/agent.log`.
+
+    `settings` are config keys passed as LAUNCH_AGENT_<KEY> (fast intervals by default).
+    """
+    fast = {"poll_interval": "0.02", "heartbeat_interval": "0.1", "stop_check_interval": "0.05"}
     env = {
         **os.environ,
-        "LAUNCH_AGENT_POLL_INTERVAL": "0.02",
-        "LAUNCH_AGENT_HEARTBEAT_INTERVAL": "0.1",
-        "LAUNCH_AGENT_STOP_CHECK_INTERVAL": "0.05",
+        **{f"LAUNCH_AGENT_{k.upper()}": v for k, v in {**fast, **settings}.items()},
     }
     data_dir.mkdir(parents=True, exist_ok=True)
     out = (log_file or data_dir / "agent.log").open("ab")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 from agent_lib.backends import SqlBackend
 from agent_lib.backends.sql_url import sqlalchemy_url
 from agent_lib.states import TERMINAL_ITEM_STATES, ItemState
+from tests.helpers import start_agent_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,32 +31,9 @@ def launches(trace: Path) -> Counter[str]:
 
 
 def start_agent(url: str, data_dir: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """`launch-agent run` as its own process; its log goes to data_dir/agent.log."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    full_env = {
-        **os.environ,
-        "LAUNCH_AGENT_POLL_INTERVAL": "0.05",
-        "LAUNCH_AGENT_HEARTBEAT_INTERVAL": "0.25",
-        "LAUNCH_AGENT_STOP_CHECK_INTERVAL": "0.2",
-        **{f"LAUNCH_AGENT_{k.upper()}": v for k, v in env.items()},
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent_lib.cli",
-            "run",
-            "--backend",
-            url,
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
-        stdout=(data_dir / "agent.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        env=full_env,
-        cwd=REPO,
-    )
+    """`launch-agent run` as its own process, with intervals kind to a shared database."""
+    slower = {"poll_interval": "0.05", "heartbeat_interval": "0.25", "stop_check_interval": "0.2"}
+    return start_agent_process(url, data_dir, *args, **{**slower, **env})
 
 
 def open_db(url: str, **kwargs: Any) -> SqlBackend:
