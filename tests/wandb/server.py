@@ -1,7 +1,8 @@
 """A local stand-in for W&B's GraphQL API, for the W&B backend's tests.
 
-Every request is parsed and validated with graphql-core against tests/wandb/schema.graphql
-(W&B's published types plus what its 0.31 client sends), then executed by resolvers that
+Every request is parsed and validated with graphql-core against `SCHEMA` (the reference's
+PART A, W&B's published types, plus tests/wandb/schema-additions.graphql: what its 0.31
+client sends beyond them), then executed by resolvers that
 answer as W&B does. Each call is recorded; faults (429 with Retry-After, 503, a dropped
 connection, 401) can be injected. Runs on 127.0.0.1 on a free port, in a thread.
 """
@@ -30,7 +31,20 @@ from graphql import (
     validate,
 )
 
-SCHEMA = build_schema((Path(__file__).with_name("schema.graphql")).read_text())
+REFERENCE = Path(__file__).with_name("reference-excerpt.graphql")
+ADDITIONS = Path(__file__).with_name("schema-additions.graphql")
+PART_A = "# ----------------------------- PART A"
+PART_B = "# ----------------------------- PART B"
+
+
+def schema_sdl() -> str:
+    """PART A of W&B's reference, verbatim, plus the stubs and PART B's additions."""
+    reference = REFERENCE.read_text()
+    part_a = reference[reference.index(PART_A) : reference.index(PART_B)]
+    return part_a + "\n" + ADDITIONS.read_text()
+
+
+SCHEMA = build_schema(schema_sdl())
 MODEL_REGISTRY = "model-registry"
 
 
