@@ -19,4 +19,4 @@ def missing_service(reason: str) -> None:
     """Skip the test (newcomer's machine) or fail it (CI), saying what is missing."""
     if services_required():
         pytest.fail(f"required service missing: {reason}", pytrace=False)
-    pytest.skip(f'{reason} (run `eval "$(scripts/services)"` to provision)')
+    pytest.skip(reason=f'{reason} (run `eval "$(scripts/services)"` to provision)')
