@@ -81,14 +81,17 @@ def max_overlap(log: Path) -> int:
     return peak
 
 
-def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Any, timeout: float = 30, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail saying what never came."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def all_ended(backend: SqlBackend, ids: list[str]) -> bool:

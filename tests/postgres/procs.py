@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from agent_lib.backends import SqlBackend
 from agent_lib.backends.sql_url import sqlalchemy_url
 from agent_lib.states import TERMINAL_ITEM_STATES, ItemState
-from tests.helpers import start_agent_process
+from tests.helpers import start_agent_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,13 +40,7 @@ def open_db(url: str, **kwargs: Any) -> SqlBackend:
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(predicate, timeout, interval, what)
 
 
 def states(db: SqlBackend, ids: list[str]) -> Counter[ItemState]:
