@@ -109,6 +109,18 @@ class LaunchSpec(_Open):
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
 
 
+def resume_spec(run_spec: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    """The spec of an item pushed again to resume run `run_id` (W&B's rule for a preempted
+    run): same run id, `_resume_count` + 1, and no sweep id, so the resumed run is not
+    refused when its sweep has moved on."""
+    count = run_spec.get("_resume_count")
+    resumed = {k: v for k, v in run_spec.items() if k != "sweep_id"}
+    resumed["_resume_count"] = (count if isinstance(count, int) and count >= 0 else 0) + 1
+    if run_id:
+        resumed["run_id"] = run_id
+    return resumed
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad field, `a.b.c: what is wrong`, for messages people read."""
     parts = []

@@ -55,9 +55,10 @@ def drain(url: str, start: multiprocessing.synchronize.Event) -> int:  # type: i
     me = db.create_launch_agent(None, "bench", ["q"], "bench", {}, "bench")
     start.wait()
     done = 0
-    while (item := db.pop_from_run_queue("q", None, "bench", me)) is not None:
-        db.ack_run_queue_item(item.id, f"r{item.id}")
-        db.complete_run_queue_item(item.id, ItemState.FINISHED, 0)
+    while (lease := db.pop_from_run_queue("q", None, "bench", me, 1)) is not None:
+        claimed = db.ack_run_queue_item(lease, f"r{lease.item_id}")
+        assert claimed is not None
+        db.complete_run_queue_item(claimed, ItemState.FINISHED, 0)
         done += 1
     db.close()
     return done

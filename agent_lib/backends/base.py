@@ -7,7 +7,7 @@ runs them in a worker thread so one slow call never stalls the loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from agent_lib.spec import QueueItem
@@ -25,6 +25,43 @@ class AgentRecord:
     hostname: str = ""
     queues: list[str] = field(default_factory=list)
     heartbeat_at: float | None = None
+    # Grows by one at each start of the same agent: the fencing token its leases carry.
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An item handed to one incarnation of one agent: what `ack`, `complete` and `fail`
+    take, so a backend needs no memo of what it gave out.
+
+    `generation` fences: once the same agent has started again (a higher generation), a
+    write that carries an older lease is refused, so an old incarnation that is somehow
+    still alive can no longer change the item. `run_id` is set once the item is acked.
+    """
+
+    item: QueueItem
+    agent_id: str
+    generation: int = 0
+    expires_at: float | None = None
+    run_id: str | None = None
+    entity: str | None = None
+    project: str | None = None
+
+    @property
+    def item_id(self) -> str:
+        return self.item.id
+
+    @property
+    def queue(self) -> str:
+        return self.item.queue
+
+    def claimed(self, run_id: str) -> Lease:
+        """The same lease once acked for `run_id`."""
+        return replace(self, run_id=run_id)
+
+    def __getitem__(self, key: str) -> Any:
+        """W&B-style access (`lease["runQueueItemId"]`, `lease["runSpec"]`)."""
+        return self.item[key]
 
 
 @dataclass
@@ -71,8 +108,12 @@ class Backend(Protocol):
         hostname: str,
         agent_config: dict[str, Any],
         version: str,
+        name: str | None = None,
     ) -> str:
-        """Register an agent; returns its id."""
+        """Register an agent; returns its id.
+
+        With a `name`, a backend that keeps stable identities registers the same agent
+        again (same id, generation + 1) rather than a new one."""
         ...
 
     def get_launch_agent(self, agent_id: str) -> AgentRecord: ...
@@ -85,38 +126,50 @@ class Backend(Protocol):
 
     # -- the queue --
     def pop_from_run_queue(
-        self, queue: str, entity: str | None, project: str, agent_id: str
-    ) -> QueueItem | None:
+        self, queue: str, entity: str | None, project: str, agent_id: str, generation: int = 0
+    ) -> Lease | None:
         """Lease the most urgent pending item of `queue` to `agent_id`, or return None."""
         ...
 
-    def ack_run_queue_item(self, item_id: str, run_id: str) -> bool:
-        """Claim a leased item for run `run_id`. False: the lease was lost; do not launch."""
+    def ack_run_queue_item(self, lease: Lease, run_id: str) -> Lease | None:
+        """Claim a leased item for run `run_id`; the claimed lease, or None if the lease
+        was lost (expired and went elsewhere, or fenced): then launch nothing."""
         ...
 
-    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
-        """Take over a CLAIMED item whose run (same run id) is still going, after a restart.
-
-        True if the item is now this agent's; False if it ended or belongs to a live agent.
-        """
-        ...
-
-    def release_run_queue_item(self, item_id: str) -> None:
+    def release_run_queue_item(self, lease: Lease) -> None:
         """Give a leased, unacked item back to its queue (e.g. a scheduler over the cap)."""
         ...
 
     def fail_run_queue_item(
-        self, item_id: str, message: str, phase: Phase, files: list[str] | None = None
-    ) -> bool: ...
+        self,
+        lease: Lease,
+        message: str,
+        phase: Phase,
+        files: list[str] | None = None,
+        exit_code: int | None = None,
+    ) -> bool:
+        """Mark the item FAILED. False: the lease no longer holds (fenced or settled)."""
+        ...
 
     def update_run_queue_item_warning(
         self, item_id: str, message: str, phase: str, files: list[str] | None = None
     ) -> bool: ...
 
     def complete_run_queue_item(
-        self, item_id: str, state: ItemState, exit_code: int | None = None
-    ) -> None:
-        """Record a terminal state other than FAILED (FINISHED, STOPPED, PREEMPTED)."""
+        self, lease: Lease, state: ItemState, exit_code: int | None = None
+    ) -> bool:
+        """Record a terminal state other than FAILED (FINISHED, STOPPED, PREEMPTED).
+
+        False: the lease no longer holds (fenced or settled elsewhere)."""
+        ...
+
+    def requeue_run_queue_item(
+        self, lease: Lease, run_spec: dict[str, Any], exit_code: int | None = None
+    ) -> str | None:
+        """End the item PREEMPTED and push `run_spec` (its resume) to the same queue, as one
+        step: a crash between the two can neither lose the job nor run it twice.
+
+        Returns the new item's id, or None if the lease no longer holds."""
         ...
 
     def push_to_run_queue(
@@ -153,3 +206,22 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RecoveringBackend(Protocol):
+    """A backend that knows agents as stable identities, so a restarted agent takes its
+    own items back (the SQL backend; W&B registers a new agent at each start)."""
+
+    def reclaim_items(self, agent_id: str, generation: int) -> list[Lease]:
+        """At an agent's start: its LEASED items of older generations go back to their
+        queues (never launched); its CLAIMED items (and those failed only because it was
+        lost) are returned as leases of `generation`, to be re-attached or launched."""
+        ...
+
+
+@runtime_checkable
+class ReapingBackend(Protocol):
+    """A backend where live agents settle the items of agents whose heartbeat stopped."""
+
+    def reap_lost_agents(self) -> list[Any]: ...

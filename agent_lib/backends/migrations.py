@@ -137,11 +137,17 @@ def _add_liveness(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_launch_items_agent ON launch_items (agent_id, state)"))
 
 
+def _add_generations(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE launch_agents ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE launch_items ADD COLUMN agent_generation INTEGER"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "queues, items, agents, sweeps", _create_v1),
     Step(
         2, "agent liveness: agents.lost_at, items.lost_at, index on items.agent_id", _add_liveness
     ),
+    Step(3, "stable agents: agents.generation, items.agent_generation", _add_generations),
 )
 assert [s.version for s in STEPS] == list(range(1, SCHEMA_VERSION + 1)), "one step per version"
 

@@ -7,7 +7,7 @@ another agent is never launched twice.
 
 On PostgreSQL a push also sends NOTIFY, and `wait_for_items` LISTENs (pg_notify), so an
 idle agent starts an item within milliseconds. Every operation rides out a database
-outage (db_retry). Liveness rules (lost agents, adopt) are in sql_liveness; the schema is
+outage (db_retry). Liveness rules (lost agents, reclaim) are in sql_liveness; the schema is
 created and upgraded by migrations.
 """
 
@@ -27,11 +27,11 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, o
 from sqlalchemy.engine import make_url
 
 from agent_lib.backends import migrations, sql_liveness
-from agent_lib.backends.base import AgentRecord, ItemInfo, QueueSummary
+from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary
 from agent_lib.backends.db_retry import Reconnector
 from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
 from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
-from agent_lib.backends.sql_schema import agents, items, queues, sweeps
+from agent_lib.backends.sql_schema import agents, insert_item, items, queues, sweeps
 from agent_lib.errors import BackendError
 from agent_lib.spec import QueueItem
 from agent_lib.states import AgentStatus, ItemState, Phase
@@ -78,7 +78,6 @@ class SqlBackend:
         self.agent_timeout = agent_timeout
         self._engine = _make_engine(url)
         self._reader = self._engine.execution_options(readonly=True)
-        self._leases: dict[str, tuple[str, int]] = {}
         self._is_pg = self._engine.dialect.name == "postgresql"
         self._reconnect = Reconnector(self.display_url, self._engine.dialect.name, retry_window)
         self._listener: PgListener | None = None
@@ -141,28 +140,41 @@ class SqlBackend:
         hostname: str,
         agent_config: dict[str, Any],
         version: str,
+        name: str | None = None,
     ) -> str:
-        agent_id = uuid.uuid4().hex
+        """Register an agent. A `name` is a stable identity: the same name registers the
+        same agent again, with its generation one higher (which fences the old one)."""
+        agent_id = stable_agent_id(name) if name else uuid.uuid4().hex
         now = time.time()
+        record = {
+            "hostname": hostname,
+            "entity": entity,
+            "project": project,
+            "queues": list(queues),
+            "status": AgentStatus.POLLING.value,
+            "stop_polling": False,
+            "config": agent_config,
+            "version": version,
+            "heartbeat_at": now,
+        }
         with self._tx() as conn:
-            for name in queues:
-                self._queue_id(conn, name, create=True)
-            conn.execute(
-                insert(agents).values(
-                    id=agent_id,
-                    name=f"{hostname or socket.gethostname()}-{agent_id[:6]}",
-                    hostname=hostname,
-                    entity=entity,
-                    project=project,
-                    queues=list(queues),
-                    status=AgentStatus.POLLING.value,
-                    stop_polling=False,
-                    config=agent_config,
-                    version=version,
-                    created_at=now,
-                    heartbeat_at=now,
-                )
+            for queue in queues:
+                self._queue_id(conn, queue, create=True)
+            again = conn.execute(
+                update(agents)
+                .where(agents.c.id == agent_id)
+                .values(generation=agents.c.generation + 1, **record)
             )
+            if not again.rowcount:
+                conn.execute(
+                    insert(agents).values(
+                        id=agent_id,
+                        name=name or f"{hostname or socket.gethostname()}-{agent_id[:6]}",
+                        created_at=now,
+                        generation=1,
+                        **record,
+                    )
+                )
         return agent_id
 
     @_retried
@@ -229,8 +241,8 @@ class SqlBackend:
 
     @_retried
     def pop_from_run_queue(
-        self, queue: str, entity: str | None, project: str, agent_id: str
-    ) -> QueueItem | None:
+        self, queue: str, entity: str | None, project: str, agent_id: str, generation: int = 0
+    ) -> Lease | None:
         now = time.time()
         if not self._may_have_work(queue, now):
             return None
@@ -255,17 +267,21 @@ class SqlBackend:
                 .values(
                     state=ItemState.LEASED.value,
                     agent_id=agent_id,
+                    agent_generation=generation,
                     leased_at=now,
                     lease_expires_at=now + self.lease_seconds,
                     attempts=attempt,
                     updated_at=now,
                 )
             )
-        item_id = str(row.id)
-        self._leases[item_id] = (agent_id, attempt)
-        return QueueItem(
-            id=item_id, queue=queue, run_spec=row.run_spec, priority=row.priority, attempt=attempt
+        item = QueueItem(
+            id=str(row.id),
+            queue=queue,
+            run_spec=row.run_spec,
+            priority=row.priority,
+            attempt=attempt,
         )
+        return Lease(item, agent_id, generation, expires_at=now + self.lease_seconds)
 
     def _may_have_work(self, queue: str, now: float) -> bool:
         """A lock-free look first, so idle polling never takes the write lock."""
@@ -305,50 +321,82 @@ class SqlBackend:
             return self._requeue_expired_leases(conn, time.time(), None)
 
     @_retried
-    def ack_run_queue_item(self, item_id: str, run_id: str) -> bool:
+    def ack_run_queue_item(self, lease: Lease, run_id: str) -> Lease | None:
         """Claim a leased item. Idempotent for the lease holder: an ack retried after its
         commit was lost with the connection finds its own claim and succeeds again."""
-        lease = self._leases.get(item_id)
-        stmt = update(items).where(items.c.id == int(item_id))
-        if lease is not None:
-            agent_id, attempt = lease
-            stmt = stmt.where(
-                items.c.agent_id == agent_id,
-                items.c.attempts == attempt,
-                or_(
-                    items.c.state == ItemState.LEASED.value,
-                    (items.c.state == ItemState.CLAIMED.value) & (items.c.run_id == run_id),
-                ),
-            )
-        else:
-            stmt = stmt.where(items.c.state == ItemState.LEASED.value)
         now = time.time()
         with self._tx() as conn:
             result = conn.execute(
-                stmt.values(
+                update(items)
+                .where(
+                    _held_by(lease),
+                    or_(
+                        items.c.state == ItemState.LEASED.value,
+                        (items.c.state == ItemState.CLAIMED.value) & (items.c.run_id == run_id),
+                    ),
+                )
+                .values(
                     state=ItemState.CLAIMED.value, run_id=run_id, claimed_at=now, updated_at=now
                 )
             )
-        self._leases.pop(item_id, None)
-        return result.rowcount == 1
+        return lease.claimed(run_id) if result.rowcount == 1 else None
 
     @_retried
-    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
-        """Take over a run that outlived its agent; refused while its holder is alive.
-
-        The rules are in sql_liveness (rule 4)."""
+    def reclaim_items(self, agent_id: str, generation: int) -> list[Lease]:
+        """A restarted agent's items: leased ones go back to their queues (never launched),
+        claimed ones (and those failed only because it was lost) become `generation`'s."""
+        now = time.time()
         with self._tx() as conn:
-            return sql_liveness.adopt(
-                conn, int(item_id), run_id, agent_id, time.time(), self.agent_timeout
+            current = conn.execute(
+                select(agents.c.generation).where(agents.c.id == agent_id)
+            ).scalar()
+            if current is None or generation < current:
+                return []  # a newer start of this agent holds its items now
+            sql_liveness.heartbeat(conn, agent_id, now)  # rule 4: a lost agent is back
+            released = conn.execute(
+                update(items)
+                .where(
+                    items.c.agent_id == agent_id,
+                    items.c.state == ItemState.LEASED.value,
+                    items.c.agent_generation != generation,
+                )
+                .values(state=ItemState.PENDING.value, agent_id=None, updated_at=now)
+            ).rowcount
+            if released:
+                log.info("returned %d item(s) this agent had leased to their queue", released)
+                self._notify_all(conn)
+            conn.execute(
+                update(items)
+                .where(items.c.agent_id == agent_id, items.c.state == ItemState.CLAIMED.value)
+                .values(agent_generation=generation, updated_at=now)
             )
+            rows = conn.execute(
+                _item_select().where(
+                    items.c.agent_id == agent_id, items.c.state == ItemState.CLAIMED.value
+                )
+            ).all()
+        return [
+            Lease(
+                QueueItem(
+                    id=str(row.id),
+                    queue=row.queue_name,
+                    run_spec=row.run_spec,
+                    priority=row.priority,
+                    attempt=row.attempts,
+                ),
+                agent_id,
+                generation,
+                run_id=row.run_id,
+            )
+            for row in rows
+        ]
 
     @_retried
-    def release_run_queue_item(self, item_id: str) -> None:
-        self._leases.pop(item_id, None)
+    def release_run_queue_item(self, lease: Lease) -> None:
         with self._tx() as conn:
             released = conn.execute(
                 update(items)
-                .where(items.c.id == int(item_id), items.c.state == ItemState.LEASED.value)
+                .where(_held_by(lease), items.c.state == ItemState.LEASED.value)
                 .values(state=ItemState.PENDING.value, agent_id=None, updated_at=time.time())
             )
             if released.rowcount:
@@ -356,39 +404,71 @@ class SqlBackend:
 
     @_retried
     def fail_run_queue_item(
-        self, item_id: str, message: str, phase: Phase, files: list[str] | None = None
+        self,
+        lease: Lease,
+        message: str,
+        phase: Phase,
+        files: list[str] | None = None,
+        exit_code: int | None = None,
     ) -> bool:
-        self._leases.pop(item_id, None)
-        return self._finish(
-            item_id,
-            ItemState.FAILED,
-            failure_message=message,
-            failure_phase=str(phase),
-            files=_read_files(files or []),
-        )
+        with self._tx() as conn:
+            return self._finish(
+                conn,
+                lease,
+                ItemState.FAILED,
+                failure_message=message,
+                failure_phase=str(phase),
+                files=_read_files(files or []),
+                exit_code=exit_code,
+            )
 
     @_retried
     def complete_run_queue_item(
-        self, item_id: str, state: ItemState, exit_code: int | None = None
-    ) -> None:
-        self._finish(item_id, state, exit_code=exit_code)
+        self, lease: Lease, state: ItemState, exit_code: int | None = None
+    ) -> bool:
+        with self._tx() as conn:
+            return self._finish(conn, lease, state, exit_code=exit_code)
 
-    def _finish(self, item_id: str, state: ItemState, **values: Any) -> bool:
-        """End an active item. The real end of a job also replaces a lost-agent verdict."""
+    @_retried
+    def requeue_run_queue_item(
+        self, lease: Lease, run_spec: dict[str, Any], exit_code: int | None = None
+    ) -> str | None:
+        try:
+            with self._tx() as conn:
+                row = conn.execute(
+                    select(items.c.queue_id, items.c.priority).where(
+                        items.c.id == int(lease.item_id)
+                    )
+                ).first()
+                if row is None:
+                    return None
+                new_id = insert_item(conn, row.queue_id, run_spec, row.priority, time.time())
+                message = f"preempted; requeued as item {new_id} to resume run {lease.run_id}"
+                if not self._finish(
+                    conn, lease, ItemState.PREEMPTED, exit_code=exit_code, failure_message=message
+                ):
+                    raise _NotHeld  # rolls the push back with the transaction
+                self._notify(conn, lease.queue)
+        except _NotHeld:
+            return None
+        return new_id
+
+    def _finish(self, conn: Connection, lease: Lease, state: ItemState, **values: Any) -> bool:
+        """End an item its lease still holds. The real end of a job also replaces a
+        lost-agent verdict (sql_liveness rule 3)."""
         now = time.time()
         values = {"failure_message": None, "failure_phase": None, "lost_at": None, **values}
-        with self._tx() as conn:
-            result = conn.execute(
-                update(items)
-                .where(
-                    items.c.id == int(item_id),
-                    or_(
-                        items.c.state.in_([s.value for s in ACTIVE_STATES]),
-                        sql_liveness.lost_verdict_override(),
-                    ),
-                )
-                .values(state=state.value, finished_at=now, updated_at=now, **values)
+        result = conn.execute(
+            update(items)
+            .where(
+                _held_by(lease),
+                or_(
+                    items.c.state.in_([s.value for s in ACTIVE_STATES]),
+                    sql_liveness.lost_verdict_override(),
+                ),
             )
+            .values(state=state.value, finished_at=now, updated_at=now, **values)
+        )
         return result.rowcount == 1
 
     @_retried
@@ -414,25 +494,13 @@ class SqlBackend:
         entity: str | None = None,
         project: str | None = None,
     ) -> str:
-        now = time.time()
         with self._tx() as conn:
             qid = self._queue_id(conn, queue, create=True)
-            item_id = conn.execute(
-                insert(items)
-                .values(
-                    queue_id=qid,
-                    state=ItemState.PENDING.value,
-                    priority=DEFAULT_PRIORITY if priority is None else priority,
-                    run_spec=run_spec,
-                    created_at=now,
-                    updated_at=now,
-                    attempts=0,
-                    stop_requested=False,
-                )
-                .returning(items.c.id)
-            ).scalar_one()
+            assert qid is not None
+            chosen = DEFAULT_PRIORITY if priority is None else priority
+            item_id = insert_item(conn, qid, run_spec, chosen, time.time())
             self._notify(conn, queue)
-        return str(item_id)
+        return item_id
 
     @_retried
     def cancel_run_queue_item(self, item_id: str) -> ItemState | None:
@@ -540,6 +608,25 @@ class SqlBackend:
         return _item_info(row) if row is not None else None
 
 
+class _NotHeld(Exception):
+    """Raised inside a transaction to roll it back: the lease no longer holds."""
+
+
+def stable_agent_id(name: str) -> str:
+    """The id of a named agent: the same name is always the same agent."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"launch-agent:{name}").hex
+
+
+def _held_by(lease: Lease) -> Any:
+    """The item of `lease`, still held by that agent's same incarnation (the fence)."""
+    return (
+        (items.c.id == int(lease.item_id))
+        & (items.c.agent_id == lease.agent_id)
+        & (items.c.agent_generation == lease.generation)
+        & (items.c.attempts == lease.item.attempt)
+    )
+
+
 def _agent_record(row: Any) -> AgentRecord:
     """An agent's record; one marked lost (and not stopped cleanly) shows status LOST."""
     status = row.status
@@ -553,6 +640,7 @@ def _agent_record(row: Any) -> AgentRecord:
         hostname=row.hostname,
         queues=list(row.queues),
         heartbeat_at=row.heartbeat_at,
+        generation=row.generation,
     )
 
 

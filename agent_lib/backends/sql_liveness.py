@@ -1,28 +1,29 @@
-"""Agent liveness in the SQL backend: who is lost, what happens to their items, who may adopt.
+"""Agent liveness in the SQL backend: who is lost, what happens to their items.
 
 The rules (they hold on SQLite and PostgreSQL alike):
 
-1. Every agent heartbeats (`heartbeat`, every `heartbeat_interval`). It declares its own
-   `agent_timeout` when it registers (default 30 s).
-2. An agent is LOST when its last heartbeat is older than its `agent_timeout`. Any live
-   agent that finds one marks it (`lost_at`) and, in the same transaction:
-   - its LEASED items (popped, not yet acked, so never launched) go back to PENDING at
-     once, to be popped by anyone;
-   - its CLAIMED items (launched) become FAILED, phase `agent`, with a message saying
-     the agent was lost, and remember it (`items.lost_at`): their jobs may still run.
+1. An agent is a stable identity (its name: host + data dir, or `--name`). Each start
+   registers it again with a generation one higher; every write about an item it holds
+   carries the generation it leased the item with, so an older incarnation that is still
+   alive somewhere can no longer change the item (the fence).
+2. At its start an agent reclaims its own items (`reclaim_items`): those it had only
+   LEASED (never launched) go back to PENDING at once; those it had CLAIMED are its new
+   generation's, to be re-attached (the job outlived the agent) or launched (it never
+   started).
+3. Every agent heartbeats (`heartbeat_interval`) and declares its `agent_timeout` when it
+   registers (default 30 s). An agent silent for longer is LOST, and any live agent that
+   finds it marks it (`lost_at`) and, in the same transaction:
+   - its LEASED items go back to PENDING at once, to be popped by anyone;
+   - its CLAIMED items (their jobs may still run on its host) follow its `on_agent_lost`:
+     `fail` (default) ends them FAILED, phase `agent`, saying the agent was lost, and
+     remembers it (`items.lost_at`); `requeue` ends them PREEMPTED and pushes each again
+     to resume as the same run (`_resume_count` + 1), up to its `max_resume_count`,
+     after which they are FAILED as above.
    An agent judges others only after the database has answered it without a break for
    their whole timeout, so a database outage does not make everyone look lost.
-3. A lost agent that heartbeats again is live again; it takes back the items that were
-   FAILED because it was lost and that nobody adopted (CLAIMED again, failure cleared),
-   since its jobs kept running. A report of a job's real end (finish or failure) for an
-   item FAILED only because its agent was lost replaces that verdict.
-4. `adopt_run_queue_item(item, run, agent)` (a restarted agent re-attaching a run that
-   survived it, e.g. a container) succeeds only when the run id matches and the item is
-   - CLAIMED by this same agent (idempotent), or
-   - CLAIMED by an agent that is not alive: lost, stopped (KILLED), unknown, or silent
-     for longer than its `agent_timeout` even if nobody marked it yet, or
-   - FAILED because its agent was lost.
-   It is refused for an item held by a live agent and for any other ended item.
+4. A lost agent that comes back (heartbeats or restarts) takes back the items that were
+   FAILED because it was lost: its jobs may have kept running. A report of a job's real
+   end for such an item replaces the lost verdict.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from agent_lib.backends.sql_schema import agents, items
+from agent_lib.backends.sql_schema import agents, insert_item, items
+from agent_lib.spec import resume_spec
 from agent_lib.states import AgentStatus, ItemState, Phase
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AGENT_TIMEOUT = 30.0
+DEFAULT_MAX_RESUME_COUNT = 5
 
 
 @dataclass
@@ -56,12 +59,20 @@ def agent_timeout(config: Any, default: float = DEFAULT_AGENT_TIMEOUT) -> float:
     return float(value) if isinstance(value, int | float) and value > 0 else default
 
 
+def resume_limit(config: Any) -> int | None:
+    """How often a lost agent's items may be requeued (None: its policy is `fail`)."""
+    if not isinstance(config, dict) or config.get("on_agent_lost") != "requeue":
+        return None
+    value = config.get("max_resume_count")
+    return value if isinstance(value, int) and value >= 0 else DEFAULT_MAX_RESUME_COUNT
+
+
 def lost_message(name: str, hostname: str, silent_for: float, timeout: float) -> str:
     return (
         f"the agent {name} on {hostname or 'an unknown host'} was lost: no heartbeat for "
         f"{silent_for:.1f}s (its agent_timeout is {timeout:g}s). Its job may still be "
-        "running; an agent that re-attaches the run takes the item back, otherwise push it "
-        "again"
+        "running: if the agent restarts on that host (same data dir or --name), it takes "
+        "the item back with the job's real outcome; otherwise push it again"
     )
 
 
@@ -96,28 +107,65 @@ def _mark_lost(conn: Connection, agent: Any, now: float, default_timeout: float)
         .where(items.c.agent_id == agent.id, items.c.state == ItemState.LEASED.value)
         .values(state=ItemState.PENDING.value, agent_id=None, updated_at=now)
     ).rowcount
+    message = lost_message(agent.name, agent.hostname, silent, timeout)
+    resumed = _requeue_claimed(conn, agent, message, now)
     failed = conn.execute(
         update(items)
         .where(items.c.agent_id == agent.id, items.c.state == ItemState.CLAIMED.value)
         .values(
             state=ItemState.FAILED.value,
             failure_phase=Phase.AGENT.value,
-            failure_message=lost_message(agent.name, agent.hostname, silent, timeout),
+            failure_message=message,
             lost_at=now,
             finished_at=now,
             updated_at=now,
         )
     ).rowcount
-    if requeued or failed or agent.status != AgentStatus.KILLED.value:
+    if requeued or failed or resumed or agent.status != AgentStatus.KILLED.value:
         log.warning(
             "agent %s is lost (no heartbeat for %.1fs): %d leased item(s) back to their "
-            "queue, %d running item(s) marked FAILED (phase agent)",
+            "queue, %d running item(s) requeued to resume, %d marked FAILED (phase agent)",
             agent.name,
             silent,
             requeued,
+            resumed,
             failed,
         )
-    return LostAgent(agent.id, agent.name, silent, int(requeued), int(failed))
+    return LostAgent(agent.id, agent.name, silent, int(requeued + resumed), int(failed))
+
+
+def _requeue_claimed(conn: Connection, agent: Any, message: str, now: float) -> int:
+    """`on_agent_lost: requeue`: end each CLAIMED item PREEMPTED and push its resume.
+
+    Items already resumed `max_resume_count` times are left for the caller to fail."""
+    limit = resume_limit(agent.config)
+    if limit is None:
+        return 0
+    rows = conn.execute(
+        select(
+            items.c.id, items.c.queue_id, items.c.priority, items.c.run_spec, items.c.run_id
+        ).where(items.c.agent_id == agent.id, items.c.state == ItemState.CLAIMED.value)
+    ).all()
+    count = 0
+    for row in rows:
+        spec = row.run_spec if isinstance(row.run_spec, dict) else {}
+        done = spec.get("_resume_count", 0)
+        if isinstance(done, int) and done >= limit:
+            continue
+        new_id = insert_item(conn, row.queue_id, resume_spec(spec, row.run_id), row.priority, now)
+        conn.execute(
+            update(items)
+            .where(items.c.id == row.id)
+            .values(
+                state=ItemState.PREEMPTED.value,
+                failure_phase=Phase.AGENT.value,
+                failure_message=f"{message}; requeued as item {new_id} to resume run {row.run_id}",
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        count += 1
+    return count
 
 
 def heartbeat(conn: Connection, agent_id: str, now: float) -> int:
@@ -147,46 +195,6 @@ def heartbeat(conn: Connection, agent_id: str, now: float) -> int:
         "this agent had been marked lost and is back; took back %d running item(s)", retaken
     )
     return int(retaken)
-
-
-def adopt(
-    conn: Connection, item_id: int, run_id: str, agent_id: str, now: float, default_timeout: float
-) -> bool:
-    """Rule 4: may `agent_id` take over the item of run `run_id`? If so, it now holds it."""
-    stmt = select(items.c.state, items.c.agent_id, items.c.lost_at, items.c.run_id).where(
-        items.c.id == item_id
-    )
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first()
-    if row is None or row.run_id != run_id:
-        return False
-    if row.state == ItemState.CLAIMED.value:
-        if row.agent_id != agent_id and holder_alive(conn, row.agent_id, now, default_timeout):
-            return False
-    elif not (row.state == ItemState.FAILED.value and row.lost_at is not None):
-        return False
-    conn.execute(
-        update(items).where(items.c.id == item_id).values(agent_id=agent_id, **_reclaimed(now))
-    )
-    return True
-
-
-def holder_alive(
-    conn: Connection, agent_id: str | None, now: float, default_timeout: float
-) -> bool:
-    """Whether the agent holding an item is alive by rule 2 (marked or not)."""
-    if agent_id is None:
-        return False
-    row = conn.execute(
-        select(agents.c.status, agents.c.heartbeat_at, agents.c.lost_at, agents.c.config).where(
-            agents.c.id == agent_id
-        )
-    ).first()
-    if row is None or row.lost_at is not None or row.status == AgentStatus.KILLED.value:
-        return False
-    timeout = agent_timeout(row.config, default_timeout)
-    return (row.heartbeat_at or 0.0) >= now - timeout
 
 
 def _reclaimed(now: float) -> dict[str, Any]:

@@ -8,10 +8,13 @@ new migration step (and bump SCHEMA_VERSION).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     Float,
     ForeignKey,
     Index,
@@ -20,9 +23,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    insert,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -50,6 +54,8 @@ agents = Table(
     Column("heartbeat_at", Float),
     # v2: set when another agent found this one's heartbeat too old (see sql_liveness).
     Column("lost_at", Float),
+    # v3: grows by one at each start of the same agent (its name); fences its writes.
+    Column("generation", Integer, nullable=False, default=0),
 )
 
 queues = Table(
@@ -85,6 +91,8 @@ items = Table(
     Column("stop_requested", Boolean, nullable=False, default=False),
     # v2: set when the item was FAILED because its agent was lost (adopt may undo that).
     Column("lost_at", Float),
+    # v3: the generation of the agent that leased the item; writes must carry it.
+    Column("agent_generation", Integer),
     Index("ix_launch_items_pop", "queue_id", "state", "priority", "id"),
     Index("ix_launch_items_state", "state"),
     Index("ix_launch_items_run_id", "run_id"),
@@ -98,3 +106,24 @@ sweeps = Table(
     Column("state", String(32), nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+
+def insert_item(
+    conn: Connection, queue_id: int, run_spec: dict[str, Any], priority: int, now: float
+) -> str:
+    """Add a PENDING item (a push, or a resume of a preempted one); returns its id."""
+    item_id = conn.execute(
+        insert(items)
+        .values(
+            queue_id=queue_id,
+            state="PENDING",
+            priority=priority,
+            run_spec=run_spec,
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            stop_requested=False,
+        )
+        .returning(items.c.id)
+    ).scalar_one()
+    return str(item_id)

@@ -12,8 +12,9 @@ Operations W&B has no call for get the meaning W&B gives them:
 - complete_run_queue_item: W&B derives an item's end from its run. Like W&B's agent, a job
   that ended without its run ever reaching W&B fails its item ("The submitted run was not
   successfully started"), or the item would show as claimed forever.
-- adopt_run_queue_item: W&B keeps no per-agent claim to check, so the agent may track a
-  run it finds again after a restart (True).
+- requeue_run_queue_item: W&B ends the preempted item with its run; the resume is pushed.
+W&B registers a new agent at each start, so it has no stable identity to reclaim items
+with: a restarted agent does not re-attach the jobs of a W&B queue.
 Failure files are not uploaded (W&B's agent keeps them in a hidden run of its own): the
 paths sent in `filePaths` are where they are on the agent's host.
 """
@@ -24,14 +25,12 @@ import json
 import logging
 import os
 import re
-import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from agent_lib.backends import wandb_ops as ops
-from agent_lib.backends.base import AgentRecord
+from agent_lib.backends.base import AgentRecord, Lease
 from agent_lib.backends.wandb_auth import base_url_from, resolve_api_key
 from agent_lib.backends.wandb_client import WandbClient
 from agent_lib.errors import BackendError, ConfigError
@@ -47,16 +46,6 @@ DEFAULT_PROJECT = "model-registry"
 DEFAULT_MIN_POLL_INTERVAL = 1.0
 RUN_NOT_STARTED = "The submitted run was not successfully started"
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
-
-
-@dataclass
-class _Claim:
-    """What the backend remembers about an item it popped, to check its run at the end."""
-
-    queue: str
-    entity: str
-    project: str | None
-    run_id: str | None = None
 
 
 class WandbBackend:
@@ -81,8 +70,6 @@ class WandbBackend:
         self._check_runs = check_runs
         self._min_poll_interval = min_poll_interval
         self._idle_until: dict[str, float] = {}
-        self._claims: dict[str, _Claim] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> WandbBackend:
@@ -118,8 +105,11 @@ class WandbBackend:
         hostname: str,
         agent_config: dict[str, Any],
         version: str,
+        name: str | None = None,
     ) -> str:
-        """Register as W&B's agent does: resolve queue ids, createLaunchAgent, team check."""
+        """Register as W&B's agent does: resolve queue ids, createLaunchAgent, team check.
+
+        W&B names agents itself: `name` is not sent, and every start is a new agent."""
         entity = self._require_entity(entity)
         self._entity = entity
         queue_ids = self.resolve_queue_ids(entity, project, queues)
@@ -208,8 +198,8 @@ class WandbBackend:
 
     # -- the queue --
     def pop_from_run_queue(
-        self, queue: str, entity: str | None, project: str, agent_id: str
-    ) -> QueueItem | None:
+        self, queue: str, entity: str | None, project: str, agent_id: str, generation: int = 0
+    ) -> Lease | None:
         entity = self._require_entity(entity)
         if time.monotonic() < self._idle_until.get(queue, 0.0):
             return None
@@ -226,44 +216,44 @@ class WandbBackend:
         if not item_id:
             self._idle_until[queue] = time.monotonic() + self._min_poll_interval
             return None
-        item_id = str(item_id)
+        item = QueueItem(id=str(item_id), queue=queue, run_spec={})
         spec = _spec_of(payload.get("runSpec"))
         if spec is None:
-            self.fail_run_queue_item(item_id, "runSpec is not a JSON object", Phase.AGENT)
+            lease = Lease(item, agent_id, generation, entity=entity)
+            self.fail_run_queue_item(lease, "runSpec is not a JSON object", Phase.AGENT)
             log.error("item %s from queue %r: runSpec is not a JSON object", item_id, queue)
             return None
-        claim = _Claim(queue, str(spec.get("entity") or entity), _str_or_none(spec.get("project")))
-        with self._lock:
-            self._claims[item_id] = claim
-        return QueueItem(id=item_id, queue=queue, run_spec=spec)
+        item.run_spec = spec
+        return Lease(
+            item,
+            agent_id,
+            generation,
+            entity=str(spec.get("entity") or entity),
+            project=_str_or_none(spec.get("project")),
+        )
 
-    def ack_run_queue_item(self, item_id: str, run_id: str) -> bool:
-        data = self._run("ackRunQueueItem", ops.ACK_RUN_QUEUE_ITEM, itemId=item_id, runId=run_id)
+    def ack_run_queue_item(self, lease: Lease, run_id: str) -> Lease | None:
+        data = self._run(
+            "ackRunQueueItem", ops.ACK_RUN_QUEUE_ITEM, itemId=lease.item_id, runId=run_id
+        )
         acked = bool((data.get("ackRunQueueItem") or {}).get("success"))
-        with self._lock:
-            claim = self._claims.get(item_id)
-            if claim is not None and acked:
-                claim.run_id = run_id
-        return acked
+        return lease.claimed(run_id) if acked else None
 
-    def adopt_run_queue_item(self, item_id: str, run_id: str, agent_id: str) -> bool:
-        """W&B keeps no per-agent claim to check: track the run found again (True)."""
-        return True
-
-    def release_run_queue_item(self, item_id: str) -> None:
+    def release_run_queue_item(self, lease: Lease) -> None:
         """Nothing to send: W&B's lease expiry returns an unacked item to its queue."""
-        with self._lock:
-            self._claims.pop(item_id, None)
 
     def fail_run_queue_item(
-        self, item_id: str, message: str, phase: Phase, files: list[str] | None = None
+        self,
+        lease: Lease,
+        message: str,
+        phase: Phase,
+        files: list[str] | None = None,
+        exit_code: int | None = None,
     ) -> bool:
-        with self._lock:
-            self._claims.pop(item_id, None)
         data = self._run(
             "failRunQueueItem",
             ops.FAIL_RUN_QUEUE_ITEM,
-            runQueueItemId=item_id,
+            runQueueItemId=lease.item_id,
             message=message,
             stage=Phase(phase).value,
             filePaths=files,
@@ -284,27 +274,34 @@ class WandbBackend:
         return bool((data.get("updateRunQueueItemWarning") or {}).get("success"))
 
     def complete_run_queue_item(
-        self, item_id: str, state: ItemState, exit_code: int | None = None
-    ) -> None:
+        self, lease: Lease, state: ItemState, exit_code: int | None = None
+    ) -> bool:
         """W&B takes the item's end from its run; fail it if the run never reached W&B."""
-        with self._lock:
-            claim = self._claims.pop(item_id, None)
         if not self._check_runs or state not in (ItemState.FINISHED, ItemState.STOPPED):
-            return
-        if claim is None or claim.project is None or claim.run_id is None:
-            return
+            return True
+        if lease.entity is None or lease.project is None or lease.run_id is None:
+            return True
         try:
-            started = self._run_exists(claim.entity, claim.project, claim.run_id)
+            started = self._run_exists(lease.entity, lease.project, lease.run_id)
         except Exception as exc:  # a check that cannot be made must not fail the item
-            log.warning("item %s: could not check run %s in W&B: %s", item_id, claim.run_id, exc)
-            return
+            log.warning(
+                "item %s: could not check run %s in W&B: %s", lease.item_id, lease.run_id, exc
+            )
+            return True
         if not started:
             message = (
-                f"{RUN_NOT_STARTED}: run {claim.run_id} never appeared in "
-                f"{claim.entity}/{claim.project} (does the job call wandb.init?)"
+                f"{RUN_NOT_STARTED}: run {lease.run_id} never appeared in "
+                f"{lease.entity}/{lease.project} (does the job call wandb.init?)"
             )
-            log.warning("item %s: %s", item_id, message)
-            self.fail_run_queue_item(item_id, message, Phase.RUN)
+            log.warning("item %s: %s", lease.item_id, message)
+            self.fail_run_queue_item(lease, message, Phase.RUN)
+        return True
+
+    def requeue_run_queue_item(
+        self, lease: Lease, run_spec: dict[str, Any], exit_code: int | None = None
+    ) -> str | None:
+        """W&B ends the preempted item with its run; push the resume to the same queue."""
+        return self.push_to_run_queue(lease.queue, run_spec, None, lease.entity, lease.project)
 
     def _run_exists(self, entity: str, project: str, run_id: str) -> bool:
         data = self._run("RunState", ops.RUN_STATE, project=project, entity=entity, name=run_id)

@@ -48,8 +48,8 @@ def test_upgrade_from_v1_keeps_queued_items(db_url: str, open_db: object) -> Non
     agent = db.create_launch_agent(None, "p", ["q"], "h", {}, "v")
     popped = []
     while (item := db.pop_from_run_queue("q", None, "p", agent)) is not None:
-        assert db.ack_run_queue_item(item.id, f"r{item.id}")
-        popped.append(item.run_spec["n"])
+        assert db.ack_run_queue_item(item, f"r{item.item_id}") is not None
+        popped.append(item.item.run_spec["n"])
     assert sorted(popped) == list(range(5))
     assert db.reap_lost_agents() == []  # the v2 columns are there
 

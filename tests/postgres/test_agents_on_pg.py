@@ -72,9 +72,9 @@ KILLED_AGENT = textwrap.dedent(
     from agent_lib.backends.sql_url import sqlalchemy_url
     db = SqlBackend(sqlalchemy_url(sys.argv[1]), lease_seconds=600)
     me = db.create_launch_agent(None, "p", ["work"], "doomed", {"agent_timeout": 2}, "t")
-    items = [db.pop_from_run_queue("work", None, "p", me) for _ in range(6)]
-    assert db.ack_run_queue_item(items[0].id, "run-of-the-dead")
-    print(items[0].id, flush=True)
+    items = [db.pop_from_run_queue("work", None, "p", me, 1) for _ in range(6)]
+    assert db.ack_run_queue_item(items[0], "run-of-the-dead")
+    print(items[0].item_id, flush=True)
     time.sleep(600)
     """
 )

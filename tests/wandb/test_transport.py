@@ -16,7 +16,7 @@ from tests.wandb.server import FakeWandb
 
 def pop(backend: WandbBackend) -> str | None:
     item = backend.pop_from_run_queue("default", ENTITY, "model-registry", "agent-x")
-    return item.id if item else None
+    return item.item_id if item else None
 
 
 def test_429_is_retried_after_the_servers_retry_after(
