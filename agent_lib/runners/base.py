@@ -58,7 +58,8 @@ class SubmittedRun(ABC):
 
     @abstractmethod
     async def wait(self) -> Status:
-        """Wait for the job to end; returns its final status."""
+        """Wait for the job to end; returns its final status. A job found again that had
+        failed to start raises the LaunchError its start raised."""
 
     @abstractmethod
     async def cancel(self, grace: float = 10.0) -> None:
@@ -68,13 +69,33 @@ class SubmittedRun(ABC):
     async def get_logs(self, tail: int | None = None) -> str:
         """The job's output so far (its last `tail` lines if given)."""
 
+    async def cleanup(self) -> None:
+        """Release what the run keeps after its end (a container), once its item is settled.
+
+        Called only after the backend recorded the item's outcome: until then, what the run
+        left behind is how a restarted agent finds the job's true end. Nothing by default.
+        """
+        return None
+
 
 class Runner(Protocol):
-    """Starts jobs on one kind of resource (`local-process`, `local-container`...)."""
+    """Starts jobs on one kind of resource (`local-process`, `local-container`...).
+
+    A job is known by its context (item, run id, job folder, labels). Both calls are
+    idempotent per job, which is what lets jobs outlive their agent: a restarted agent calls
+    `run` again for an item it held, and gets the job that is already going (or that ended
+    while it was away) instead of a second one.
+    """
 
     resource: str
 
-    async def run(self, context: LaunchContext) -> SubmittedRun: ...
+    async def run(self, context: LaunchContext) -> SubmittedRun:
+        """Start the job, or return a handle on it if it was started before."""
+        ...
+
+    async def find(self, context: LaunchContext) -> SubmittedRun | None:
+        """The job started earlier for this context (running or ended), never starting one."""
+        ...
 
 
 def tail_lines(text: str, lines: int | None) -> str:

@@ -2,9 +2,11 @@
 
 Everything a job gets is in its container's config: the image, the entrypoint and args,
 the environment contract (the only place secrets go), the limits allowed from
-`resource_args["local-container"]`, and the agent's labels, by which a restarted agent
-finds its containers again (`list_runs`). The end of a job is the engine's wait API
-answering, in a thread, never a timer.
+`resource_args["local-container"]`, the agent's labels (for people's filters), and a name
+made from the job (`container_name`), by which a restarted agent finds the job's container
+again: `run` and `find` are idempotent per job. The end of a job is the engine's wait API
+answering, in a thread, never a timer. The ended container stays until `cleanup` (the item
+is settled): until then it holds the job's exit code for an agent that restarts.
 
 Command mapping: a non-empty `context.command` replaces the image's ENTRYPOINT with its
 first word and CMD with the rest (W&B's `docker run --entrypoint`). A spec that gives only
@@ -18,7 +20,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -35,7 +39,6 @@ from docker.utils import parse_bytes
 
 from agent_lib.config import AgentConfig
 from agent_lib.errors import LaunchError, SpecError, TransientError
-from agent_lib.files import job_dir_for
 from agent_lib.runners.base import LaunchContext, Status, SubmittedRun, read_log_tail
 from agent_lib.spec import LOCAL_CONTAINER
 from agent_lib.states import RunState
@@ -47,6 +50,7 @@ LABEL_PREFIX = "launch-agent."
 ITEM_LABEL = "launch-agent.item"
 RUN_LABEL = "launch-agent.run"
 WATCH_RETRIES = 5
+REMOVED = "the container was removed by someone else"
 
 
 # -- resource_args: an explicit allow-list --
@@ -350,15 +354,80 @@ def engine_error(what: str, exc: Exception) -> Exception:
     return LaunchError(f"{what}: {exc}")
 
 
+NAME_PREFIX = "la-"
+MAX_NAME = 200
+NAME_SETTLE = 5.0  # seconds a racing create may take to show its container
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_RUN_UNSAFE = re.compile(r"[^a-zA-Z0-9_.]")  # no '-' in the last part: it splits item and run
+
+
+def container_name(jobs_dir: Path, item_id: str, run_id: str) -> str:
+    """The job's container name, `la-<data dir hash>-<item>-<run>`.
+
+    The engine refuses a second container by one name, which is what makes `run` idempotent
+    even when two callers race. The hash of the jobs folder keeps agents with different data
+    dirs apart on one engine. Ids that Docker's name rule (or the item/run split) made us
+    change, and over-long names, get a hash of the real ids, so two jobs never share a name.
+    """
+    home = hashlib.sha256(str(jobs_dir).encode()).hexdigest()[:8]
+    item, run = _NAME_UNSAFE.sub("_", item_id), _RUN_UNSAFE.sub("_", run_id)
+    name = f"{NAME_PREFIX}{home}-{item}-{run}"
+    if (item, run) != (item_id, run_id) or len(name) > MAX_NAME:
+        ids = hashlib.sha256(f"{item_id}\0{run_id}".encode()).hexdigest()[:12]
+        name = f"{name[: MAX_NAME - len(ids) - 1]}-{ids}"
+    return name
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A job's existing container: its id and engine state (`created`, `running`...)."""
+
+    container_id: str
+    state: str
+
+
+class _NameTaken(Exception):
+    """Create answered 409: a container by the job's name appeared in between."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class LocalContainerRunner:
-    """Starts a job's container; finds the containers of earlier agents (`list_runs`)."""
+    """Starts a job's container, or finds the one started for it before (by its name).
+
+    `run` and `find` are idempotent per job (item + run id): a restarted agent gets the
+    container that is still going, or that ended while no agent watched, with its exit code.
+    """
 
     resource = LOCAL_CONTAINER
 
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
 
+    def name_for(self, context: LaunchContext) -> str:
+        """The container name of this job: `resource_args` `name` if given, else ours."""
+        for key, value in context.resource_args.items():
+            if _key(key) == "name" and isinstance(value, str | int) and str(value):
+                return str(value)
+        return container_name(self._config.jobs_dir, context.item_id, context.run_id)
+
+    async def find(self, context: LaunchContext) -> ContainerRun | None:
+        """The container started earlier for this job (running or ended), or None.
+
+        Starts nothing. A container only `created` (its agent died between create and
+        start) counts as not started: None, so the caller launches, and `run` starts that
+        container instead of making another. A handle on it would only report a failure.
+        """
+        found = await asyncio.to_thread(lambda: self._inspect(shared_client(), context))
+        if found is None or found.state == "created":
+            return None
+        return self._handle(context, found.container_id, True)
+
     async def run(self, context: LaunchContext) -> ContainerRun:
+        """Start the job's container, or return the one already there (starting it if it
+        was only created). Two calls for one job never make two containers."""
         args = container_run_args(context.resource_args, self._config.container_allow)
         if not context.image:
             raise SpecError(
@@ -366,16 +435,30 @@ class LocalContainerRunner:
                 "or give a source (uri / git.url) with builder type 'docker'"
             )
         create = self._create_kwargs(context, args)
-        container_id = await asyncio.to_thread(self._create_and_start, context.image, create)
-        context.log_path.parent.mkdir(parents=True, exist_ok=True)
-        run = ContainerRun(container_id, context.log_path, self._config.remove_containers)
-        run.watch(rewrite_log=False)
+        container_id, adopted = await asyncio.to_thread(
+            self._find_or_start, context, context.image, create
+        )
+        if adopted:
+            log.info(
+                "item %s: container %s already exists; following it",
+                context.item_id,
+                container_id[:12],
+            )
+        run = self._handle(context, container_id, adopted)
+        run.watch()
         return run
+
+    def _handle(self, context: LaunchContext, container_id: str, adopted: bool) -> ContainerRun:
+        context.log_path.parent.mkdir(parents=True, exist_ok=True)
+        return ContainerRun(
+            container_id, context.log_path, self._config.remove_containers, rewrite_log=adopted
+        )
 
     def _create_kwargs(self, context: LaunchContext, args: RunArgs) -> dict[str, Any]:
         entrypoint, command = container_command(context)
         kwargs: dict[str, Any] = {
             **args.kwargs,
+            "name": self.name_for(context),
             "environment": {**args.env, **context.env},  # the contract wins
             "labels": {**args.labels, **context.labels},
             "detach": True,
@@ -386,28 +469,88 @@ class LocalContainerRunner:
             kwargs["command"] = command
         return kwargs
 
-    def _create_and_start(self, image: str, kwargs: dict[str, Any]) -> str:
+    def _find_or_start(
+        self, context: LaunchContext, image: str, kwargs: dict[str, Any]
+    ) -> tuple[str, bool]:
+        """(container id, whether it existed before this call)."""
         client = shared_client()
-        container = self._create(client, image, kwargs)
-        try:
-            container.start()
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
-            raise engine_error(f"cannot start the container of image {image!r}", exc) from exc
-        return str(container.id)
+        found = self._inspect(client, context)
+        if found is None:
+            try:
+                container_id = self._create(client, image, kwargs)
+            except _NameTaken as taken:
+                found = self._inspect_taken(client, context)
+                if found is None:  # not this job's container: the name belongs to another
+                    raise taken.error from None
+            else:
+                self._start(client, container_id, image, created_here=True)
+                return container_id, False
+        if found.state == "created":
+            log.info(
+                "container %s was created but never started; starting it", found.container_id[:12]
+            )
+            self._start(client, found.container_id, image, created_here=False)
+        return found.container_id, True
 
-    def _create(self, client: Any, image: str, kwargs: dict[str, Any]) -> Any:
+    def _inspect(self, client: Any, context: LaunchContext) -> _Found | None:
+        """The container by the job's name if it is this job's (its item and run labels)."""
+        name = self.name_for(context)
         try:
-            return client.containers.create(image, **kwargs)
+            info = client.api.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+        except Exception as exc:
+            raise engine_error(f"cannot look up container {name!r}", exc) from exc
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        for label, value in ((ITEM_LABEL, context.item_id), (RUN_LABEL, context.run_id)):
+            if labels.get(label) != value:
+                return None
+        return _Found(str(info["Id"]), str((info.get("State") or {}).get("Status", "")))
+
+    def _inspect_taken(self, client: Any, context: LaunchContext) -> _Found | None:
+        """After a 409: the engine reserves a name before the container can be inspected
+        by it, so a racing create's container may take a moment to appear."""
+        deadline = time.monotonic() + NAME_SETTLE
+        while True:
+            found = self._inspect(client, context)
+            if found is not None or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    @staticmethod
+    def _start(client: Any, container_id: str, image: str, created_here: bool) -> None:
+        """Start it (a no-op if it already runs). One we just created that cannot start is
+        removed, so that a retry creates it anew instead of finding a dud; one found is
+        left alone (a racing caller may be starting it)."""
+        try:
+            client.api.start(container_id)
+        except Exception as exc:
+            if created_here:
+                with contextlib.suppress(Exception):
+                    client.api.remove_container(container_id, force=True)
+            raise engine_error(f"cannot start the container of image {image!r}", exc) from exc
+
+    def _create(self, client: Any, image: str, kwargs: dict[str, Any]) -> str:
+        try:
+            return self._create_once(client, image, kwargs)
         except docker.errors.ImageNotFound:
             self._pull(client, image)
-        except Exception as exc:
-            raise engine_error("cannot create the container", exc) from exc
         try:
-            return client.containers.create(image, **kwargs)
-        except Exception as exc:
+            return self._create_once(client, image, kwargs)
+        except docker.errors.ImageNotFound as exc:
             raise engine_error("cannot create the container", exc) from exc
+
+    @staticmethod
+    def _create_once(client: Any, image: str, kwargs: dict[str, Any]) -> str:
+        try:
+            return str(client.containers.create(image, **kwargs).id)
+        except docker.errors.ImageNotFound:
+            raise
+        except Exception as exc:
+            error = engine_error("cannot create the container", exc)
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
+                raise _NameTaken(error) from exc
+            raise error from exc
 
     @staticmethod
     def _pull(client: Any, image: str) -> None:
@@ -419,31 +562,6 @@ class LocalContainerRunner:
                 f"image {image!r} is not on this machine's Docker engine and could not be "
                 f"pulled ({exc}). Build or load it first, or let the docker builder build it."
             ) from exc
-
-    async def list_runs(self) -> list[tuple[dict[str, str], SubmittedRun]]:
-        """The containers this or an earlier agent started that are still there.
-
-        Nothing is done to them here: a run starts watching (logs, removal) only when the
-        agent adopts it and waits on it, so a container the agent may not adopt is left
-        alone.
-        """
-        containers = await asyncio.to_thread(self._find_containers)
-        found: list[tuple[dict[str, str], SubmittedRun]] = []
-        for container_id, labels in containers:
-            log_path = job_dir_for(self._config.jobs_dir, labels[ITEM_LABEL], labels[RUN_LABEL])
-            run = ContainerRun(
-                container_id, log_path / "output.log", self._config.remove_containers
-            )
-            found.append((labels, run))
-        return found
-
-    def _find_containers(self) -> list[tuple[str, dict[str, str]]]:
-        client = shared_client()
-        try:
-            listed = client.api.containers(all=True, filters={"label": [ITEM_LABEL, RUN_LABEL]})
-        except Exception as exc:
-            raise engine_error("cannot list containers", exc) from exc
-        return [(str(c["Id"]), dict(c.get("Labels") or {})) for c in listed]
 
 
 def container_command(context: LaunchContext) -> tuple[list[str] | None, list[str] | None]:
@@ -458,18 +576,114 @@ def container_command(context: LaunchContext) -> tuple[list[str] | None, list[st
 
 
 # -- one container --
-class ContainerRun(SubmittedRun):
-    """A handle on one container. A watcher thread waits for its end (the engine's wait
-    API), keeps its logs in the job folder, then removes it (if configured)."""
+class _Watch:
+    """Follows one container to its end in a thread: the engine's wait API for its exit,
+    its log stream into the job folder. One per container in a process, shared by every
+    handle on it, so two handles never write one log file at once."""
 
-    def __init__(self, container_id: str, log_path: Path, remove: bool) -> None:
+    def __init__(self, container_id: str, log_path: Path, rewrite_log: bool) -> None:
+        self.container_id = container_id
+        self.log_path = log_path
+        self.rewrite_log = rewrite_log
+        self.cancelled = False
+        self.done: concurrent.futures.Future[Status] = concurrent.futures.Future()
+
+    @property
+    def short_id(self) -> str:
+        return self.container_id[:12]
+
+    def start(self) -> None:
+        threading.Thread(
+            target=self._follow, name=f"container-{self.short_id}", daemon=True
+        ).start()
+
+    def _follow(self) -> None:
+        try:
+            client = stream_client()
+            logs = threading.Thread(target=self._copy_logs, args=(client,), daemon=True)
+            logs.start()
+            status = self._wait_for_exit(client)
+            logs.join(timeout=30)
+        except Exception as exc:  # never leave a waiter hanging
+            log.exception("container %s: lost track of it", self.short_id)
+            status = Status(RunState.FAILED, None, f"lost track of the container: {exc}")
+        self.done.set_result(status)
+        _forget_watch(self)
+
+    def _copy_logs(self, client: Any) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.log_path.open("wb" if self.rewrite_log else "ab") as out:
+                stream = client.api.logs(self.container_id, stream=True, follow=True)
+                for chunk in stream:
+                    out.write(chunk)
+                    out.flush()
+        except Exception as exc:
+            log.warning("container %s: log stream ended early: %s", self.short_id, exc)
+
+    def _wait_for_exit(self, client: Any) -> Status:
+        """The engine's wait API, retried a few times if the engine is briefly away."""
+        for attempt in range(1, WATCH_RETRIES + 1):
+            try:
+                state = client.api.inspect_container(self.container_id)["State"]
+                if state.get("Status") == "created":
+                    return Status(
+                        RunState.FAILED,
+                        None,
+                        "the container was created but never started (the runner's run starts it)",
+                    )
+                result = client.api.wait(self.container_id)
+                info = client.api.inspect_container(self.container_id)
+                if (info.get("State") or {}).get("Status") == "removing" and not self.cancelled:
+                    code = result.get("StatusCode")
+                    return Status(RunState.FAILED, code, REMOVED)
+                return final_status(result, info, self.cancelled)
+            except docker.errors.NotFound:
+                return Status(RunState.FAILED, None, REMOVED)
+            except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+                if attempt == WATCH_RETRIES:
+                    raise
+                log.warning("container %s: engine unavailable (%s); retrying", self.short_id, exc)
+                time.sleep(min(10.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+
+_WATCHES: dict[str, _Watch] = {}
+_WATCHES_LOCK = threading.Lock()
+
+
+def _watch_for(container_id: str, log_path: Path, rewrite_log: bool) -> _Watch:
+    """The container's running watcher, or a new one started now."""
+    with _WATCHES_LOCK:
+        watch = _WATCHES.get(container_id)
+        if watch is None:
+            watch = _WATCHES[container_id] = _Watch(container_id, log_path, rewrite_log)
+            watch.start()
+        return watch
+
+
+def _forget_watch(watch: _Watch) -> None:
+    """Drop an ended watcher: a later handle re-reads the container (still there until
+    cleanup) and rewrites the whole log, which costs little and leaks nothing."""
+    with _WATCHES_LOCK:
+        if _WATCHES.get(watch.container_id) is watch:
+            del _WATCHES[watch.container_id]
+
+
+class ContainerRun(SubmittedRun):
+    """A handle on one container. Its end comes from a watcher thread (which also copies
+    the logs to the job folder); the container itself stays until `cleanup`, because until
+    the item is settled it is how a restarted agent learns the job's exit code."""
+
+    def __init__(
+        self, container_id: str, log_path: Path, remove: bool, rewrite_log: bool = True
+    ) -> None:
         self._id = container_id
         self._log_path = log_path
         self._remove = remove
-        self._cancelled = False
-        self._done: concurrent.futures.Future[Status] = concurrent.futures.Future()
-        self._watch_lock = threading.Lock()
-        self._watching = False
+        self._rewrite_log = rewrite_log
+        self._watch: _Watch | None = None
+        self._cleaned = False
 
     @property
     def id(self) -> str:
@@ -479,33 +693,31 @@ class ContainerRun(SubmittedRun):
     def container_id(self) -> str:
         return self._id
 
-    def watch(self, rewrite_log: bool = True) -> None:
-        """Start following the container (once). `rewrite_log`: write its whole log anew
-        (a re-attached run, whose earlier agent died mid-stream)."""
-        with self._watch_lock:
-            if self._watching:
-                return
-            self._watching = True
-        threading.Thread(
-            target=self._follow, args=(rewrite_log,), name=f"container-{self.id}", daemon=True
-        ).start()
+    def watch(self) -> _Watch:
+        """Start following the container (once per container in this process).
+
+        The log is written anew when the run was found rather than started here (its
+        earlier agent died mid-stream), appended to otherwise.
+        """
+        if self._watch is None:
+            self._watch = _watch_for(self._id, self._log_path, self._rewrite_log)
+        return self._watch
 
     async def get_status(self) -> Status:
-        self.watch()
-        if self._done.done():
-            return self._done.result()
-        return Status(RunState.STOPPING if self._cancelled else RunState.RUNNING)
+        watch = self.watch()
+        if watch.done.done():
+            return watch.done.result()
+        return Status(RunState.STOPPING if watch.cancelled else RunState.RUNNING)
 
     async def wait(self) -> Status:
-        self.watch()
-        return await asyncio.shield(asyncio.wrap_future(self._done))
+        return await asyncio.shield(asyncio.wrap_future(self.watch().done))
 
     async def cancel(self, grace: float = 10.0) -> None:
         """Stop: the image's stop signal (SIGTERM), then SIGKILL after `grace` seconds."""
-        self.watch()
-        if self._done.done():
+        watch = self.watch()
+        if watch.done.done():
             return
-        self._cancelled = True
+        watch.cancelled = True
         with contextlib.suppress(docker.errors.NotFound):
             await asyncio.to_thread(self._stop, grace)
         await self.wait()
@@ -524,60 +736,40 @@ class ContainerRun(SubmittedRun):
     async def get_logs(self, tail: int | None = None) -> str:
         return read_log_tail(self._log_path, tail)
 
-    # -- the watcher thread --
-    def _follow(self, rewrite_log: bool) -> None:
-        try:
-            client = stream_client()
-            logs = threading.Thread(target=self._copy_logs, args=(client, rewrite_log), daemon=True)
-            logs.start()
-            status = self._wait_for_exit(client)
-            logs.join(timeout=30)
-            if self._remove:
-                self._remove_container(client)
-        except Exception as exc:  # never leave a waiter hanging
-            log.exception("container %s: lost track of it", self.id)
-            status = Status(RunState.FAILED, None, f"lost track of the container: {exc}")
-        self._done.set_result(status)
+    async def cleanup(self) -> None:
+        """Remove the ended container (unless `remove_containers: false`) once its item is
+        settled. One that still runs is left alone with a warning: cleanup never kills a
+        job (cancel does)."""
+        if self._cleaned or not self._remove:
+            return
+        if await asyncio.to_thread(self._still_running):
+            log.warning("container %s: still running at cleanup; left alone", self.id)
+            return
+        watch = self._watch or _WATCHES.get(self._id)  # another handle's, maybe
+        if watch is not None and not watch.done.done():
+            # It has just ended: let the watcher finish copying its logs first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(watch.done)), 35)
+        self._cleaned = await asyncio.to_thread(self._remove_container)
 
-    def _copy_logs(self, client: Any, rewrite: bool) -> None:
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+    def _still_running(self) -> bool:
         try:
-            with self._log_path.open("wb" if rewrite else "ab") as out:
-                stream = client.api.logs(self._id, stream=True, follow=True)
-                for chunk in stream:
-                    out.write(chunk)
-                    out.flush()
+            state = shared_client().api.inspect_container(self._id).get("State") or {}
+        except docker.errors.NotFound:
+            return False
         except Exception as exc:
-            log.warning("container %s: log stream ended early: %s", self.id, exc)
+            raise engine_error(f"cannot inspect container {self.id}", exc) from exc
+        return bool(state.get("Running") or state.get("Restarting"))
 
-    def _wait_for_exit(self, client: Any) -> Status:
-        """The engine's wait API, retried a few times if the engine is briefly away."""
-        for attempt in range(1, WATCH_RETRIES + 1):
-            try:
-                state = client.api.inspect_container(self._id)["State"]
-                if state.get("Status") == "created":
-                    return Status(
-                        RunState.FAILED, None, "the container was created but never started"
-                    )
-                result = client.api.wait(self._id)
-                info = client.api.inspect_container(self._id)
-                return final_status(result, info, self._cancelled)
-            except docker.errors.NotFound:
-                return Status(RunState.FAILED, None, "the container was removed by someone else")
-            except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
-                if attempt == WATCH_RETRIES:
-                    raise
-                log.warning("container %s: engine unavailable (%s); retrying", self.id, exc)
-                time.sleep(min(10.0, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
-
-    def _remove_container(self, client: Any) -> None:
+    def _remove_container(self) -> bool:
         try:
-            client.api.remove_container(self._id)
+            shared_client().api.remove_container(self._id)
         except docker.errors.NotFound:
             pass
         except Exception as exc:
             log.warning("container %s: could not remove it: %s", self.id, exc)
+            return False
+        return True
 
 
 def final_status(result: dict[str, Any], info: dict[str, Any], cancelled: bool) -> Status:

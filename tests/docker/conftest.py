@@ -7,6 +7,7 @@ No image is pulled: the busybox and python images are built here from the host's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,10 +115,24 @@ class Harness:
         return (self.job_dir(item_id) / "output.log").read_text()
 
     def containers(self, **filters: str) -> list[Any]:
-        """This queue's containers (all states)."""
+        """This queue's containers (all states), as the SDK's Container objects.
+
+        Listed with the low-level API and inspected one by one, skipping any removed in
+        between: `client.containers.list(all=True)` raises NotFound in that case (a flake
+        while the agent removes ended containers).
+        """
+        import docker.errors
+
         labels = [f"launch-agent.queue={self.queue}"]
         labels += [f"launch-agent.{k}={v}" for k, v in filters.items()]
-        return list(self.client.containers.list(all=True, filters={"label": labels}))
+        found = []
+        for listed in self.client.api.containers(all=True, filters={"label": labels}):
+            try:
+                attrs = self.client.api.inspect_container(listed["Id"])
+            except docker.errors.NotFound:
+                continue
+            found.append(self.client.containers.prepare_model(attrs))
+        return found
 
 
 @pytest.fixture
@@ -125,8 +140,11 @@ def harness(docker_client: Any, tmp_path: Path) -> Iterator[Harness]:
     queue = f"docker-test-{uuid.uuid4().hex[:8]}"
     made = Harness(docker_client, tmp_path / "data", f"sqlite:///{tmp_path / 'q.db'}", queue)
     yield made
+    import docker.errors
+
     for container in made.containers():  # whatever a failed test left behind
-        container.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
     made.db.close()
 
 

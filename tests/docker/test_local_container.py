@@ -164,7 +164,8 @@ def test_exit_codes_out_of_memory_and_logs_kept(harness: Harness, busybox: str) 
     oom = harness.item(hog)
     assert oom.state is ItemState.FAILED and oom.failure_phase == "run"
     assert "out of memory (limit 16 MiB)" in (oom.failure_message or ""), oom.failure_message
-    # Logs are kept in the job folder, and the finished containers are gone.
+    # Logs are kept in the job folder, and the finished containers are gone: the agent
+    # removes each (the run's cleanup()) once its item's outcome is recorded.
     assert "all good" in harness.output(ok)
     assert "about to fail" in harness.output(failing)
     assert "filling memory" in harness.output(hog)
@@ -214,4 +215,4 @@ def test_cancel_stops_a_job_that_prints_nothing(harness: Harness, busybox: str) 
     took = asyncio.run(asyncio.wait_for(scenario(), 90))
     assert harness.item(silent).state is ItemState.STOPPED
     assert took < 60
-    assert harness.containers() == []
+    assert harness.containers() == []  # removed by cleanup() once the item is settled
