@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on stop: let running jobs finish, or cancel and requeue them",
     )
     run.add_argument(
+        "--name",
+        dest="agent_name",
+        help="the agent's identity (default: one per host and data dir); restarted with "
+        "the same name, it takes back the jobs it left running",
+    )
+    run.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -313,6 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         exit_when_idle=args.exit_when_idle,
         on_stop=args.on_stop,
+        name=args.agent_name,
         verbosity=min(args.verbose, 3) or None,
     )
     logging.basicConfig(

@@ -93,6 +93,10 @@ class AgentConfig(BaseSettings):
     environment: dict[str, Any] = Field(default_factory=dict)
 
     # -- ours --
+    # The agent's identity. Unset: one per host and data dir (a second agent on the same
+    # data dir gets the next slot). A restarted agent with the same identity takes its
+    # running jobs back.
+    name: str | None = Field(default=None, min_length=1, max_length=100)
     backend_url: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
     poll_interval: float = Field(default=0.1, gt=0)
@@ -101,6 +105,9 @@ class AgentConfig(BaseSettings):
     # An agent silent for this long is lost: its leased items go back to the queue, its
     # running ones are marked FAILED (phase agent) unless it comes back or is re-attached.
     agent_timeout: float = Field(default=30.0, gt=0)
+    # What other agents do with this agent's running items once it is lost for good:
+    # fail them (phase agent) or requeue them to resume as the same run.
+    on_agent_lost: Literal["fail", "requeue"] = "fail"
     status_interval: float = Field(default=30.0, gt=0)
     stop_check_interval: float = Field(default=5.0, gt=0)
     start_timeout: float = Field(default=1800.0, ge=0)

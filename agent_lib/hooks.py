@@ -1,9 +1,9 @@
 """Where a host framework wraps the agent's units of work.
 
-The agent calls `run_job` once per item and `run_step` for each step of it (ack, sweep
-check, build, launch, wait, failure report). By default they just run, with retries on
-transient errors; `flows/` overrides them to make each job a Prefect subflow run and each
-step a task run. Same engine, decorated, never re-implemented.
+The agent calls `run_job` once per item and `run_step` for each step of it (validate, ack,
+sweep check, build, launch, wait, settle or report failure). By default they just run,
+with retries on transient errors; `flows/` overrides them to make each job a Prefect
+subflow run and each step a task run. Same engine, decorated, never re-implemented.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
 from agent_lib.errors import TransientError
-from agent_lib.tracker import JobTracker
+
+if TYPE_CHECKING:
+    from agent_lib.job import Job
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -56,14 +58,14 @@ async def retry_transient(fn: Callable[[], Awaitable[T]], retries: int, what: st
 class AgentHooks:
     """Plain hooks: a job is a coroutine, a step is an awaited call."""
 
-    async def run_job(self, tracker: JobTracker, body: Callable[[], Awaitable[None]]) -> None:
+    async def run_job(self, job: Job, body: Callable[[], Awaitable[object]]) -> None:
         await body()
 
     async def run_step(
         self,
-        tracker: JobTracker,
+        job: Job,
         step: str,
         fn: Callable[[], Awaitable[T]],
         retries: int = 0,
     ) -> T:
-        return await retry_transient(fn, retries, f"item {tracker.run_queue_item_id}: {step}")
+        return await retry_transient(fn, retries, f"item {job.item_id}: {step}")

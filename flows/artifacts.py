@@ -14,60 +14,59 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from prefect.artifacts import acreate_markdown_artifact
 
+from agent_lib.job import Job, OutcomeKind
 from agent_lib.redact import redact
-from agent_lib.tracker import JobTracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobOutcome:
-    """How a job ended, as the subflow saw it."""
-
-    state: str  # Completed, Failed, Cancelled
-    message: str = ""
-    phase: str | None = None
 
 
 def _cell(value: object) -> str:
     return redact(str(value)).replace("|", "\\|").replace("\n", " ")
 
 
-def job_markdown(tracker: JobTracker, outcome: JobOutcome) -> str:
+def job_state(job: Job) -> str:
+    """The Prefect state name a job's outcome maps to."""
+    outcome = job.outcome
+    if outcome is None or outcome.kind is OutcomeKind.FAILED:
+        return "Failed"
+    if outcome.kind is OutcomeKind.FINISHED:
+        return "Completed"
+    return "Cancelled"
+
+
+def job_markdown(job: Job) -> str:
     """A small table: item, what ran, exit code, duration, and why it failed."""
-    status = tracker.completed_status
-    rows = [
-        ("outcome", outcome.state),
-        ("item", tracker.run_queue_item_id),
-        ("queue", tracker.queue),
-        ("run id", tracker.run_id or "-"),
-        ("resource", tracker.resource or "-"),
-        ("image / command", tracker.description or "-"),
-        ("exit code", status.exit_code if status and status.exit_code is not None else "-"),
-        ("duration", f"{tracker.elapsed:.1f} s"),
+    outcome = job.outcome
+    code = outcome.exit_code if outcome else None
+    rows: list[tuple[str, object]] = [
+        ("outcome", outcome.describe() if outcome else "unknown"),
+        ("item", job.item_id),
+        ("queue", job.queue),
+        ("run id", job.run_id or "-"),
+        ("resource", job.resource or "-"),
+        ("image / command", job.description or "-"),
+        ("exit code", code if code is not None else "-"),
+        ("duration", f"{job.elapsed:.1f} s"),
     ]
-    if outcome.phase:
+    if outcome is not None and outcome.phase:
         rows.append(("failed in phase", outcome.phase))
-    if outcome.message:
-        rows.append(("message", outcome.message))
-    rows.append(("output", str(tracker.log_path)))
+    rows.append(("output", str(job.log_path)))
     lines = ["| | |", "|---|---|", *(f"| **{k}** | {_cell(v)} |" for k, v in rows)]
     return "\n".join(lines)
 
 
-async def publish_job_artifact(tracker: JobTracker, outcome: JobOutcome) -> None:
+async def publish_job_artifact(job: Job) -> None:
     """Attach the job's summary to its subflow run; never fail the job over it."""
     try:
         await acreate_markdown_artifact(
-            job_markdown(tracker, outcome),
-            description=f"job for item {tracker.run_queue_item_id}: {outcome.state}",
+            job_markdown(job),
+            description=f"job for item {job.item_id}: {job_state(job)}",
         )
     except Exception as exc:
-        log.warning("item %s: could not save its artifact: %s", tracker.run_queue_item_id, exc)
+        log.warning("item %s: could not save its artifact: %s", job.item_id, exc)
 
 
 def status_key(agent_name: str) -> str:
@@ -109,16 +108,16 @@ async def status_artifact(key: str, render: Callable[[], str], every: float) -> 
         await publish()
 
 
-def _started(tracker: JobTracker) -> str:
+def _started(job: Job) -> str:
     """Wall-clock start, to the second (stable between refreshes, unlike a duration)."""
-    return time.strftime("%H:%M:%S", time.localtime(round(time.time() - tracker.elapsed)))
+    return time.strftime("%H:%M:%S", time.localtime(round(time.time() - job.elapsed)))
 
 
 def status_markdown(
     name: str,
     state: str,
     outcomes: dict[str, int],
-    running: list[JobTracker],
+    running: list[Job],
     max_jobs: int,
 ) -> str:
     """The agent's status: what it does, what ran, what runs now."""
@@ -132,8 +131,8 @@ def status_markdown(
     if running:
         lines += ["", "| item | queue | run | started | what |", "|---|---|---|---|---|"]
         lines += [
-            f"| {t.run_queue_item_id} | {_cell(t.queue)} | {t.run_id or '-'} "
-            f"| {_started(t)} | {_cell(t.description[:80] or '-')} |"
-            for t in running
+            f"| {job.item_id} | {_cell(job.queue)} | {job.run_id or '-'} "
+            f"| {_started(job)} | {_cell(job.description[:80] or '-')} |"
+            for job in running
         ]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from agent_lib.hooks import AgentHooks
-from agent_lib.tracker import JobTracker
+from agent_lib.job import Job
 from flows.job_flow import JobBody, JobCall, current_job, name_job_run, task_run_job
 from flows.steps import step_task
 
@@ -44,26 +44,26 @@ class PrefectHooks(AgentHooks):
     """Jobs as subflow runs, steps as task runs; remembers running jobs for the status."""
 
     def __init__(self) -> None:
-        self.running: dict[str, JobTracker] = {}
+        self.running: dict[str, Job] = {}
         self.prefect_errors = 0
 
-    async def run_job(self, tracker: JobTracker, body: JobBody) -> None:
-        self.running[tracker.run_queue_item_id] = tracker
+    async def run_job(self, job: Job, body: JobBody) -> None:
+        self.running[job.item_id] = job
         try:
-            await self._run_job(tracker, body)
+            await self._run_job(job, body)
         finally:
-            self.running.pop(tracker.run_queue_item_id, None)
+            self.running.pop(job.item_id, None)
 
-    async def _run_job(self, tracker: JobTracker, body: JobBody) -> None:
-        call = JobCall(tracker, body)
+    async def _run_job(self, job: Job, body: JobBody) -> None:
+        call = JobCall(job, body)
         token = current_job.set(call)
         try:
-            await task_run_job(tracker.queue, tracker.run_queue_item_id, return_state=True)
+            await task_run_job(job.queue, job.item_id, return_state=True)
         except Exception as exc:
             if call.started:
-                self._prefect_failed(tracker, "after the job started", exc)
+                self._prefect_failed(job, "after the job started", exc)
             else:
-                self._prefect_failed(tracker, "creating its subflow run", exc)
+                self._prefect_failed(job, "creating its subflow run", exc)
                 _plain.set(True)
                 await body()  # runs (and raises) exactly as without Prefect
                 return
@@ -72,17 +72,17 @@ class PrefectHooks(AgentHooks):
         if call.error is not None:
             raise call.error
         if not call.finished:
-            raise RuntimeError(f"item {tracker.run_queue_item_id}: the job's subflow ended early")
+            raise RuntimeError(f"item {job.item_id}: the job's subflow ended early")
 
     async def run_step(
         self,
-        tracker: JobTracker,
+        job: Job,
         step: str,
         fn: Callable[[], Awaitable[T]],
         retries: int = 0,
     ) -> T:
         if _plain.get():
-            return await super().run_step(tracker, step, fn, retries)
+            return await super().run_step(job, step, fn, retries)
         attempt = _Attempt()
 
         async def tracked() -> T:
@@ -101,21 +101,21 @@ class PrefectHooks(AgentHooks):
             prefect_error: Exception = exc
         else:
             if step == "validate":
-                await name_job_run(tracker)
+                await name_job_run(job)
             return result
         if attempt.error is not None:
             raise attempt.error  # the step's own failure, as agent_lib raised it
         if attempt.finished:
-            self._prefect_failed(tracker, f"recording step {step!r}", prefect_error)
+            self._prefect_failed(job, f"recording step {step!r}", prefect_error)
             return cast(T, attempt.result)
-        self._prefect_failed(tracker, f"starting step {step!r}", prefect_error)
-        return await super().run_step(tracker, step, fn, retries)
+        self._prefect_failed(job, f"starting step {step!r}", prefect_error)
+        return await super().run_step(job, step, fn, retries)
 
-    def _prefect_failed(self, tracker: JobTracker, doing: str, exc: BaseException) -> None:
+    def _prefect_failed(self, job: Job, doing: str, exc: BaseException) -> None:
         self.prefect_errors += 1
         log.warning(
             "item %s: Prefect failed %s (%s: %s); the job goes on without it",
-            tracker.run_queue_item_id,
+            job.item_id,
             doing,
             type(exc).__name__,
             exc,

@@ -50,7 +50,7 @@ def test_expired_lease_returns_the_item_and_the_old_holder_cannot_ack(
     item_id = short.push_to_run_queue("default", record_job(log))
     stale_agent = short.create_launch_agent(None, "p", ["default"], "h", {}, "test")
     stale = short.pop_from_run_queue("default", None, "p", stale_agent)
-    assert stale is not None and stale.id == item_id
+    assert stale is not None and stale.item_id == item_id
     assert short.get_item(item_id).state is ItemState.LEASED  # type: ignore[union-attr]
 
     time.sleep(0.3)  # let the 0.2 s lease run out
@@ -60,7 +60,7 @@ def test_expired_lease_returns_the_item_and_the_old_holder_cannot_ack(
     assert info is not None and info.state is ItemState.FINISHED
     assert info.attempts == 2
     assert info.agent_id == agent.id
-    assert not short.ack_run_queue_item(item_id, "late-run")  # the first lease is gone
+    assert short.ack_run_queue_item(stale, "late-run") is None  # the first lease is gone
     assert len([r for r in read_records(log) if r[0] == "start"]) == 1
 
 

@@ -1,0 +1,518 @@
+"""One queue item's life, from its lease to its settlement, as one object.
+
+A `Job` runs validate -> ack -> sweep check -> build -> launch -> wait -> settle and ends
+with one `Outcome`: what the backend records, what the log line says, what the Prefect
+subflow shows. Nothing else works it out again.
+
+Jobs outlive their agent. A restarted agent builds a `Job` for each item it still holds
+(`recovered=True`): the runner's `find` hands back the job that is still running (or that
+ended while the agent was away) and the Job settles it with its real end; an item whose
+job never started is launched now. Either way it runs once. A stop or requeue asked of a
+job is written to its folder before the job is signalled, so a restarted agent knows a
+job that ended by a signal was stopped on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import string
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agent_lib.backends.base import Backend, Lease
+from agent_lib.builders import make_builder
+from agent_lib.config import AgentConfig, JobDefinition
+from agent_lib.crashpoints import crash_point
+from agent_lib.environment import job_environment
+from agent_lib.errors import LaunchError, LeaseLostError, SpecError
+from agent_lib.files import ItemFileSaver, job_dir_for
+from agent_lib.redact import redact, register_secret, register_secrets_in
+from agent_lib.runners import LaunchContext, Runner, Status, SubmittedRun, make_runner
+from agent_lib.spec import LOCAL_PROCESS, LaunchSpec, resume_spec
+from agent_lib.states import ItemState, Phase, RunState
+
+if TYPE_CHECKING:
+    from agent_lib.hooks import AgentHooks
+
+log = logging.getLogger("agent_lib.agent")
+T = TypeVar("T")
+
+RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
+SWEEP_STATES_THAT_RUN = ("RUNNING", "PAUSED")
+CANCEL_MARKER = "cancel.json"
+STOP = "stop"
+REQUEUE = "requeue"
+
+
+def generate_run_id(length: int = 8) -> str:
+    """A W&B-style run id: 8 lowercase letters and digits."""
+    return "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(length))
+
+
+class OutcomeKind(StrEnum):
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    PREEMPTED = "preempted"  # preempted, and not requeued (resumed too often)
+    REQUEUED = "requeued"  # preempted, and pushed again to resume as the same run
+    NOT_LAUNCHED = "not launched"  # the lease went elsewhere before the ack
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one item ended. `phase` and `log_tail` are set for failures."""
+
+    kind: OutcomeKind
+    message: str = ""
+    phase: Phase | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+
+    def describe(self) -> str:
+        """The line people read: `FAILED in phase run: the job exited with code 3`."""
+        if self.kind is OutcomeKind.FAILED:
+            return f"FAILED in phase {self.phase}: {self.message}"
+        head = self.kind.value
+        return f"{head}: {self.message}" if self.message else head
+
+
+@dataclass
+class JobSupport:
+    """What a Job needs from its agent."""
+
+    api: Backend
+    config: AgentConfig
+    hooks: AgentHooks
+    agent_name: str
+    entity: str | None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking backend call in a worker thread, so the loop never stalls."""
+        return await asyncio.to_thread(fn, *args)
+
+
+class Job:
+    """One item from its lease to its settlement. `await job.run()` returns its Outcome."""
+
+    def __init__(self, lease: Lease, support: JobSupport, recovered: bool = False) -> None:
+        self.lease = lease
+        self.recovered = recovered
+        self._support = support
+        self.spec: LaunchSpec | None = None
+        self.run_id: str | None = lease.run_id
+        self.entity: str | None = support.entity
+        self.project: str | None = None
+        self.resource: str | None = None
+        self.is_scheduler = False
+        self.description = ""
+        self.submitted: SubmittedRun | None = None
+        self.phase = Phase.AGENT
+        self.status: Status | None = None
+        self.outcome: Outcome | None = None
+        self.settled = False
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        self._cancel_reason: str | None = None
+        self._cancel_asked = asyncio.Event()
+        self.job_dir = job_dir_for(support.config.jobs_dir, lease.item_id, "pending")
+        register_secrets_in(lease.item.run_spec)
+
+    # -- what people and hosts read --
+    @property
+    def item_id(self) -> str:
+        return self.lease.item_id
+
+    @property
+    def queue(self) -> str:
+        return self.lease.queue
+
+    @property
+    def log_path(self) -> Path:
+        return self.job_dir / "output.log"
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    @property
+    def requeue_on_stop(self) -> bool:
+        return self._cancel_reason == REQUEUE
+
+    # -- the life --
+    async def run(self) -> Outcome:
+        """Run the item to its end and record that end with the backend."""
+        step = self._support.hooks.run_step
+        retries = self._support.config.launch_retries
+        try:
+            await step(self, "validate", self._validate)
+            if not self.recovered:
+                crash_point("popped")
+                await step(self, "ack", self._ack, retries=retries)
+                crash_point("acked")
+            found = await self._runner().find(self._context(None)) if self.recovered else None
+            if found is None:
+                await step(self, "check sweep", self._check_sweep)
+                self.phase = Phase.BUILD
+                image = await step(self, "build", self._build)
+                self.phase = Phase.AGENT
+                await step(self, "launch", lambda: self._launch(image), retries=retries)
+            else:
+                self.submitted = found
+                self.description = f"re-attached {self.resource} run {found.id}"
+                log.info("item %s: re-attached to run %s", self.item_id, self.run_id)
+            crash_point("launched")
+            self.phase = Phase.RUN
+            status = await step(self, "wait", self._wait)
+            crash_point("ended")
+            outcome = await self._decide(status)
+        except LeaseLostError as exc:
+            return self._end(Outcome(OutcomeKind.NOT_LAUNCHED, str(exc)))
+        except Exception as exc:
+            outcome = await self._failure(exc)
+        self._end(outcome)
+        name = "report failure" if outcome.kind is OutcomeKind.FAILED else "settle"
+        await step(self, name, self._settle, retries=retries)
+        return self.outcome or outcome
+
+    def cancel(self, reason: str = STOP) -> None:
+        """Stop the job (`stop`), or stop it to requeue it as the same run (`requeue`)."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+            self._cancel_asked.set()
+
+    def _end(self, outcome: Outcome) -> Outcome:
+        self.outcome = outcome
+        self.ended_at = time.monotonic()
+        return outcome
+
+    # -- the steps --
+    async def _validate(self) -> None:
+        config = self._support.config
+        spec = LaunchSpec.parse(self.lease.item.run_spec)
+        register_secret(spec.wandb_api_key)
+        check_secure(spec, config)
+        self.spec = spec
+        self.run_id = self.lease.run_id or spec.run_id or generate_run_id()
+        self.entity = spec.entity or self._support.entity
+        self.project = spec.project
+        self.is_scheduler = spec.is_scheduler
+        self.resource = spec.resource_or(config.default_resource)
+        self._runner()  # an unknown resource fails here, before anything runs
+        self.job_dir = job_dir_for(config.jobs_dir, self.item_id, self.run_id)
+
+    async def _ack(self) -> None:
+        assert self.run_id is not None
+        claimed = await self._support.call(
+            self._support.api.ack_run_queue_item, self.lease, self.run_id
+        )
+        if claimed is None:
+            raise LeaseLostError(
+                "its lease expired and the item went back to the queue before the ack; "
+                "not launching it here"
+            )
+        self.lease = claimed
+        if self.job_dir.exists():  # left by an earlier queue database: not this job's
+            aside = self.job_dir.with_name(f"{self.job_dir.name}.old-{int(time.time())}")
+            log.warning("item %s: moving a stale job folder aside to %s", self.item_id, aside)
+            self.job_dir.rename(aside)
+
+    async def _check_sweep(self) -> None:
+        assert self.spec is not None
+        await check_sweep_state(self._support, self.spec)
+
+    async def _build(self) -> str | None:
+        assert self.spec is not None
+        if self.resource == LOCAL_PROCESS:
+            return self.spec.image  # local processes run without an image, as in W&B
+        builder = make_builder(self._support.config, self.spec.builder)
+        return await builder.build_image(self.spec, self.job_dir)
+
+    async def _launch(self, image: str | None) -> None:
+        context = self._context(image)
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        self.submitted = await self._runner().run(context)
+        self.description = " ".join(context.command) if context.command else (context.image or "")
+        log.info(
+            "item %s: launched run %s on %s: %s",
+            self.item_id,
+            self.run_id,
+            self.resource,
+            redact(self.description),
+        )
+
+    async def _wait(self) -> Status:
+        """Wait for the job's end; meanwhile honour stop requests and the start timeout."""
+        run = self.submitted
+        assert run is not None
+        config = self._support.config
+        ended = asyncio.ensure_future(run.wait())
+        asked = asyncio.ensure_future(self._cancel_asked.wait())
+        started_at = time.monotonic()
+        stop_seen_at: float | None = None
+        cancelled = False
+        try:
+            while True:
+                await asyncio.wait(
+                    {ended, asked},
+                    timeout=config.stop_check_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if ended.done():
+                    self.status = ended.result()
+                    return self.status
+                if self._cancel_reason is not None and not cancelled:
+                    cancelled = True
+                    await self._cancel_run(self._cancel_reason)
+                    continue
+                now = time.monotonic()
+                current = await run.get_status()
+                limit = config.start_timeout
+                if current.state is RunState.STARTING and limit and now - started_at > limit:
+                    await run.cancel(config.cancel_grace)
+                    raise LaunchError(f"the job did not start within {limit:.0f}s", Phase.RUN)
+                if stop_seen_at is None and await self._should_stop():
+                    stop_seen_at = now
+                    log.info(
+                        "item %s: a stop was requested; cancelling run %s in %.0fs",
+                        self.item_id,
+                        self.run_id,
+                        config.stopped_run_timeout,
+                    )
+                if stop_seen_at is not None and now - stop_seen_at >= config.stopped_run_timeout:
+                    self.cancel(STOP)
+        finally:
+            for future in (ended, asked):
+                if not future.done():
+                    future.cancel()
+
+    async def _cancel_run(self, reason: str) -> None:
+        """Write down why, then stop the run: a restarted agent reads the why."""
+        assert self.submitted is not None
+        with contextlib.suppress(OSError):
+            self.job_dir.mkdir(parents=True, exist_ok=True)
+            marker = self.job_dir / CANCEL_MARKER
+            marker.write_text(json.dumps({"reason": reason, "at": time.time()}))
+        await self.submitted.cancel(self._support.config.cancel_grace)
+
+    async def _should_stop(self) -> bool:
+        assert self.run_id is not None
+        try:
+            return bool(
+                await self._support.call(
+                    self._support.api.run_should_stop, self.entity, self.project, self.run_id
+                )
+            )
+        except Exception as exc:
+            log.debug("could not ask whether run %s should stop: %s", self.run_id, exc)
+            return False
+
+    # -- the outcome --
+    async def _decide(self, status: Status) -> Outcome:
+        """The run's final status as the item's outcome (decided here, and only here)."""
+        code = status.exit_code
+        if status.state is RunState.FINISHED:
+            return Outcome(OutcomeKind.FINISHED, f"finished in {self.elapsed:.1f}s", None, code)
+        reason = self._cancel_reason or self._recorded_cancel()
+        if status.state is RunState.PREEMPTED or reason == REQUEUE:
+            return self._preempted(code)
+        if status.state is RunState.STOPPED or reason == STOP:
+            return Outcome(OutcomeKind.STOPPED, "stopped on request", None, code)
+        message = f"the job exited with code {code}"
+        if status.reason:
+            message += f" ({status.reason})"
+        return Outcome(OutcomeKind.FAILED, redact(message), Phase.RUN, code, await self._log_tail())
+
+    def _preempted(self, code: int | None) -> Outcome:
+        assert self.spec is not None
+        limit = self._support.config.max_resume_count
+        if self.spec.resume_count >= limit:
+            message = f"preempted, and not requeued: resumed {limit} times (max_resume_count)"
+            return Outcome(OutcomeKind.PREEMPTED, message, None, code)
+        return Outcome(OutcomeKind.REQUEUED, "requeued to resume", None, code)
+
+    def _recorded_cancel(self) -> str | None:
+        """A stop or requeue written down by an earlier incarnation of the agent."""
+        try:
+            data = json.loads((self.job_dir / CANCEL_MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        reason = data.get("reason") if isinstance(data, dict) else None
+        return reason if reason in (STOP, REQUEUE) else None
+
+    async def _failure(self, exc: BaseException) -> Outcome:
+        phase = exc.phase if isinstance(exc, LaunchError) else self.phase
+        message = redact(str(exc) or type(exc).__name__)
+        if phase is Phase.RUN and self.submitted is not None:
+            tail = await self._log_tail()
+        else:
+            tail = "".join(traceback.format_exception(exc))
+        if not isinstance(exc, LaunchError):
+            log.error("item %s: %s", self.item_id, tail.rstrip())
+        code = self.status.exit_code if self.status else None
+        return Outcome(OutcomeKind.FAILED, message, phase, code, redact(tail))
+
+    async def _log_tail(self) -> str:
+        assert self.submitted is not None
+        try:
+            return await self.submitted.get_logs(tail=self._support.config.log_tail_lines)
+        except Exception as exc:
+            return f"<could not read the job's output: {exc}>"
+
+    async def _settle(self) -> None:
+        """Record the outcome with the backend; release what the run kept only after."""
+        outcome = self.outcome
+        assert outcome is not None
+        held = await self._record(outcome)
+        self.settled = held
+        if not held:
+            log.warning(
+                "item %s: its outcome (%s) was not recorded: this agent no longer holds the "
+                "item (a newer start of it, or another agent, settled it)",
+                self.item_id,
+                outcome.describe(),
+            )
+            return
+        if self.submitted is not None:
+            try:
+                await self.submitted.cleanup()
+            except Exception as exc:
+                log.warning("item %s: could not clean up its run: %s", self.item_id, exc)
+
+    async def _record(self, outcome: Outcome) -> bool:
+        api, call, lease = self._support.api, self._support.call, self.lease
+        if outcome.kind is OutcomeKind.FAILED:
+            assert outcome.phase is not None
+            files = self._save_error_log(outcome.log_tail)
+            crash_point("reporting")
+            return await call(
+                api.fail_run_queue_item,
+                lease,
+                outcome.message,
+                outcome.phase,
+                files,
+                outcome.exit_code,
+            )
+        if outcome.kind is OutcomeKind.REQUEUED:
+            assert self.spec is not None
+            spec = resume_spec(self.spec.to_wire(), self.run_id)
+            new_id = await call(api.requeue_run_queue_item, lease, spec, outcome.exit_code)
+            if new_id is None:
+                return False
+            self.outcome = replace(
+                outcome, message=f"requeued as item {new_id} to resume run {self.run_id}"
+            )
+            return True
+        state = {
+            OutcomeKind.FINISHED: ItemState.FINISHED,
+            OutcomeKind.STOPPED: ItemState.STOPPED,
+            OutcomeKind.PREEMPTED: ItemState.PREEMPTED,
+        }[outcome.kind]
+        return await call(api.complete_run_queue_item, lease, state, outcome.exit_code)
+
+    def _save_error_log(self, contents: str) -> list[str] | None:
+        """error/error.log in the job folder; a failure to save never stops the report."""
+        try:
+            return ItemFileSaver(self.job_dir).save_contents(contents, "error.log", "error")
+        except OSError as exc:
+            log.warning("item %s: could not save error.log: %s", self.item_id, exc)
+            return None
+
+    # -- helpers --
+    def _runner(self) -> Runner:
+        assert self.resource is not None
+        return make_runner(self.resource, self._support.config)
+
+    def _context(self, image: str | None) -> LaunchContext:
+        spec, run_id = self.spec, self.run_id
+        assert spec is not None and run_id is not None and self.resource is not None
+        config = self._support.config
+        command, definition = command_for(spec, config)
+        env = job_environment(spec, self.item_id, self.queue, run_id, self._support.entity)
+        if definition is not None:
+            env = {**definition.env, **env}
+        env.update(self._credentials(spec))
+        return LaunchContext(
+            item_id=self.item_id,
+            queue=self.queue,
+            run_id=run_id,
+            spec=spec,
+            command=command,
+            image=image or (definition.image if definition else None),
+            env=env,
+            job_dir=self.job_dir,
+            log_path=self.log_path,
+            resource_args=spec.args_for(self.resource),
+            labels={
+                "launch-agent.agent": self._support.agent_name,
+                "launch-agent.queue": self.queue,
+                "launch-agent.item": self.item_id,
+                "launch-agent.run": run_id,
+            },
+        )
+
+    def _credentials(self, spec: LaunchSpec) -> dict[str, str]:
+        """Credentials the job gets by environment only (never on its command line)."""
+        provider = getattr(self._support.api, "job_environment", None)
+        env: dict[str, str] = dict(provider(spec)) if provider else {}
+        if spec.wandb_api_key:
+            env["WANDB_API_KEY"] = spec.wandb_api_key
+        register_secrets_in(env)  # WANDB_API_KEY and the like, by name
+        return env
+
+
+def command_for(spec: LaunchSpec, config: AgentConfig) -> tuple[list[str], JobDefinition | None]:
+    """The argv to run: a named job's entry point or the override, then the args."""
+    definition = config.jobs.get(spec.job) if spec.job else None
+    entry = spec.overrides.entry_point or (definition.entry_point if definition else [])
+    args = spec.overrides.args or (definition.args if definition else [])
+    return [*entry, *args], definition
+
+
+def check_secure(spec: LaunchSpec, config: AgentConfig) -> None:
+    """In secure mode, refuse items that change what runs (W&B's rules, ours added)."""
+    if not config.secure_mode:
+        return
+    if spec.overrides.entry_point:
+        raise SpecError(
+            "secure_mode: this agent does not allow overriding the entry point "
+            "(overrides.entry_point); run a named job instead"
+        )
+    k8s = spec.resource_args.get("kubernetes", {})
+    pod = k8s.get("spec", {}).get("template", {}).get("spec", {})
+    for key in ("hostPID", "hostIPC", "hostNetwork", "initContainers"):
+        if key in pod:
+            raise SpecError(f"secure_mode: this agent does not allow setting pod spec {key!r}")
+    for container in pod.get("containers", []):
+        if "command" in container:
+            raise SpecError("secure_mode: this agent does not allow a container 'command'")
+    if spec.job and spec.job not in config.jobs:
+        raise SpecError(f"secure_mode: job {spec.job!r} is not one of this agent's jobs")
+
+
+async def check_sweep_state(support: JobSupport, spec: LaunchSpec) -> None:
+    """Before launching a sweep's run, make sure the sweep still wants runs."""
+    if not spec.sweep_id:
+        return
+    try:
+        state = await support.call(
+            support.api.get_sweep_state,
+            spec.sweep_id,
+            spec.entity or support.entity,
+            spec.project,
+        )
+    except Exception as exc:
+        log.debug("could not read the state of sweep %s: %s", spec.sweep_id, exc)
+        state = None
+    if state not in SWEEP_STATES_THAT_RUN:
+        raise LaunchError(
+            f"sweep {spec.sweep_id} is in state {state or 'unknown'}, so its run was not launched"
+        )
