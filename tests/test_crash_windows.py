@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent_lib import ItemState
 from agent_lib.backends import SqlBackend
-from tests.helpers import sh_job, start_agent_process, wait_for
+from tests.chaos import ledger_job
+from tests.helpers import start_agent_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def ledger_job(ledger: Path, seconds: float, code: int) -> dict[str, Any]:
-    """A job that notes its start and exit in `ledger` and prints a line of its own."""
-    script = (
-        f'echo "start $WANDB_LAUNCH_TRACE_ID $$" >> {ledger}; sleep {seconds}; '
-        f'echo "output of $WANDB_LAUNCH_TRACE_ID"; echo "exit $WANDB_LAUNCH_TRACE_ID" >> {ledger}; '
-        f"exit {code}"
-    )
-    return sh_job(script)
 
 
 def lines(ledger: Path, kind: str, item_id: str) -> int:
