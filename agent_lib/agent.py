@@ -36,6 +36,7 @@ from agent_lib.hooks import AgentHooks, backoff_delay
 from agent_lib.identity import claim_identity
 from agent_lib.job import (
     REQUEUE,
+    TAKEN,
     Job,
     JobSupport,
     Outcome,
@@ -297,6 +298,26 @@ class LaunchAgent:
             )
         for lease in leases:
             self._start(Job(lease, self._support, recovered=True))
+        await self._stop_taken()
+
+    async def _stop_taken(self) -> None:
+        """Stop this host's copies of jobs whose items were requeued to resume elsewhere
+        while this agent was lost (`on_agent_lost: requeue`): never two copies for long."""
+        api = self._api
+        if not isinstance(api, RecoveringBackend):
+            return
+        for lease in await self._support.call(api.taken_items, self._id):
+            job = self._jobs.get(lease.item_id)
+            if job is not None:
+                job.cancel(TAKEN)  # it forgets the item once its copy has stopped
+                continue
+            if await Job(lease, self._support, recovered=True).stop_copy():
+                log.warning(
+                    "item %s was requeued elsewhere while this agent was lost; stopped the "
+                    "copy of its job that still ran here",
+                    lease.item_id,
+                )
+            await self._support.call(api.forget_taken_item, lease)
 
     async def _tick(self) -> None:
         """Heartbeat, `stopPolling`, lost agents, status: the slow, periodic part."""
@@ -309,6 +330,7 @@ class LaunchAgent:
                 self.stop(reason="stopPolling was set on the agent's record")
                 return
             await self._support.call(self._api.heartbeat, self._id)
+            await self._stop_taken()
             if isinstance(self._api, ReapingBackend):
                 await self._support.call(self._api.reap_lost_agents)
         except Exception as exc:

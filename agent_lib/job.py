@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent_lib.backends.base import Backend, Lease
+from agent_lib.backends.base import Backend, Lease, RecoveringBackend
 from agent_lib.builders import make_builder
 from agent_lib.config import AgentConfig, JobDefinition
 from agent_lib.crashpoints import crash_point
@@ -51,6 +51,7 @@ SWEEP_STATES_THAT_RUN = ("RUNNING", "PAUSED")
 CANCEL_MARKER = "cancel.json"
 STOP = "stop"
 REQUEUE = "requeue"
+TAKEN = "taken"  # requeued elsewhere while this agent was lost: stop the copy here
 
 
 def generate_run_id(length: int = 8) -> str:
@@ -179,9 +180,29 @@ class Job:
         except Exception as exc:
             outcome = await self._failure(exc)
         self._end(outcome)
+        api = self._support.api
+        if self._cancel_reason == TAKEN and isinstance(api, RecoveringBackend):
+            await self._support.call(api.forget_taken_item, self.lease)
+            return outcome
         name = "report failure" if outcome.kind is OutcomeKind.FAILED else "settle"
         await step(self, name, self._settle, retries=retries)
         return self.outcome or outcome
+
+    async def stop_copy(self) -> bool:
+        """For an item taken from this agent while it was lost: stop the copy of its job
+        that still runs here, if there is one. Returns whether there was."""
+        try:
+            await self._validate()
+        except Exception:
+            return False  # a spec that does not validate never launched anything
+        found = await self._runner().find(self._context(None))
+        if found is None:
+            return False
+        if not (await found.get_status()).state.is_terminal:
+            self.submitted = found
+            await self._cancel_run(TAKEN)
+        await found.cleanup()
+        return True
 
     def cancel(self, reason: str = STOP) -> None:
         """Stop the job (`stop`), or stop it to requeue it as the same run (`requeue`)."""
@@ -322,6 +343,9 @@ class Job:
         if status.state is RunState.FINISHED:
             return Outcome(OutcomeKind.FINISHED, f"finished in {self.elapsed:.1f}s", None, code)
         reason = self._cancel_reason or self._recorded_cancel()
+        if reason == TAKEN:
+            message = "the item was requeued elsewhere while this agent was lost"
+            return Outcome(OutcomeKind.STOPPED, message + "; its copy here was stopped", None, code)
         if status.state is RunState.PREEMPTED or reason == REQUEUE:
             return self._preempted(code)
         if status.state is RunState.STOPPED or reason == STOP:
@@ -346,7 +370,7 @@ class Job:
         except (OSError, ValueError):
             return None
         reason = data.get("reason") if isinstance(data, dict) else None
-        return reason if reason in (STOP, REQUEUE) else None
+        return reason if reason in (STOP, REQUEUE, TAKEN) else None
 
     async def _failure(self, exc: BaseException) -> Outcome:
         phase = exc.phase if isinstance(exc, LaunchError) else self.phase

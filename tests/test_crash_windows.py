@@ -103,3 +103,34 @@ def test_the_job_outlives_its_agent_and_is_re_attached_while_running(
     assert len(agents) == 1, "the restart is the same agent"
     assert backend.get_launch_agent(agents[0].id).generation == 2
     assert "taking back 1 item(s)" in (data_dir / "agent.log").read_text()
+
+
+def test_a_host_cut_off_past_its_timeout_stops_its_copy_once_back(
+    backend: SqlBackend, db_url: str, tmp_path: Path
+) -> None:
+    """`on_agent_lost: requeue`: the job resumes elsewhere; the returning agent stops its copy."""
+    ledger = tmp_path / "ledger"
+    item_id = backend.push_to_run_queue("default", ledger_job(ledger, 30, 0))
+    settings = {"agent_timeout": "1", "on_agent_lost": "requeue"}
+    cut_off = start_agent_process(db_url, tmp_path / "a", **settings)
+    wait_for(lambda: lines(ledger, "start", item_id), what="the job's start")
+    first_pid = int(next(ln.split()[2] for ln in ledger.read_text().splitlines()))
+    cut_off.send_signal(signal.SIGSTOP)  # alive, but silent: as if its network went away
+    rescuer = start_agent_process(db_url, tmp_path / "b", **settings)
+    try:
+        resumed = wait_for(
+            lambda: [i for i in backend.list_items() if i.id != item_id], what="the resume item"
+        )[0]
+        assert resumed.run_spec["_resume_count"] == 1
+        cut_off.send_signal(signal.SIGCONT)
+        wait_for(lambda: not Path(f"/proc/{first_pid}").exists(), what="the copy to stop")
+        info = backend.get_item(item_id)
+        assert info is not None and info.state is ItemState.PREEMPTED
+        wait_for(lambda: lines(ledger, "start", resumed.id), what="the resumed job's start")
+        assert lines(ledger, "start", item_id) == 1
+    finally:
+        for process in (cut_off, rescuer):
+            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)  # a second one cancels its jobs
+            process.wait(timeout=60)

@@ -219,6 +219,13 @@ class RecoveringBackend(Protocol):
         lost) are returned as leases of `generation`, to be re-attached or launched."""
         ...
 
+    def taken_items(self, agent_id: str) -> list[Lease]:
+        """Items taken from this agent while it was lost (requeued to resume elsewhere):
+        the agent stops its own copies of their jobs, then calls `forget_taken_item`."""
+        ...
+
+    def forget_taken_item(self, lease: Lease) -> None: ...
+
 
 @runtime_checkable
 class ReapingBackend(Protocol):

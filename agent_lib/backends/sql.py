@@ -375,21 +375,30 @@ class SqlBackend:
                     items.c.agent_id == agent_id, items.c.state == ItemState.CLAIMED.value
                 )
             ).all()
-        return [
-            Lease(
-                QueueItem(
-                    id=str(row.id),
-                    queue=row.queue_name,
-                    run_spec=row.run_spec,
-                    priority=row.priority,
-                    attempt=row.attempts,
-                ),
-                agent_id,
-                generation,
-                run_id=row.run_id,
+        return [_lease_of(row, agent_id, generation) for row in rows]
+
+    @_retried
+    def taken_items(self, agent_id: str) -> list[Lease]:
+        """Items requeued elsewhere while this agent was lost, whose jobs it may still run."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _item_select().where(
+                    items.c.agent_id == agent_id,
+                    items.c.state == ItemState.PREEMPTED.value,
+                    items.c.lost_at.is_not(None),
+                )
+            ).all()
+        return [_lease_of(row, agent_id, row.agent_generation or 0) for row in rows]
+
+    @_retried
+    def forget_taken_item(self, lease: Lease) -> None:
+        """The agent has stopped its copy of a taken item's job: stop listing the item."""
+        with self._tx() as conn:
+            conn.execute(
+                update(items)
+                .where(items.c.id == int(lease.item_id), items.c.agent_id == lease.agent_id)
+                .values(lost_at=None)
             )
-            for row in rows
-        ]
 
     @_retried
     def release_run_queue_item(self, lease: Lease) -> None:
@@ -625,6 +634,18 @@ def _held_by(lease: Lease) -> Any:
         & (items.c.agent_generation == lease.generation)
         & (items.c.attempts == lease.item.attempt)
     )
+
+
+def _lease_of(row: Any, agent_id: str, generation: int) -> Lease:
+    """A lease on an item row read with `_item_select` (its run id included)."""
+    item = QueueItem(
+        id=str(row.id),
+        queue=row.queue_name,
+        run_spec=row.run_spec,
+        priority=row.priority,
+        attempt=row.attempts,
+    )
+    return Lease(item, agent_id, generation, run_id=row.run_id)
 
 
 def _agent_record(row: Any) -> AgentRecord:

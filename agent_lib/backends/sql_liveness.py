@@ -18,7 +18,8 @@ The rules (they hold on SQLite and PostgreSQL alike):
      `fail` (default) ends them FAILED, phase `agent`, saying the agent was lost, and
      remembers it (`items.lost_at`); `requeue` ends them PREEMPTED and pushes each again
      to resume as the same run (`_resume_count` + 1), up to its `max_resume_count`,
-     after which they are FAILED as above.
+     after which they are FAILED as above. A requeued item remembers it too, until the
+     agent, if it comes back, has stopped its own copy of the job (`taken_items`).
    An agent judges others only after the database has answered it without a break for
    their whole timeout, so a database outage does not make everyone look lost.
 4. A lost agent that comes back (heartbeats or restarts) takes back the items that were
@@ -160,6 +161,7 @@ def _requeue_claimed(conn: Connection, agent: Any, message: str, now: float) -> 
                 state=ItemState.PREEMPTED.value,
                 failure_phase=Phase.AGENT.value,
                 failure_message=f"{message}; requeued as item {new_id} to resume run {row.run_id}",
+                lost_at=now,  # until the agent, if it comes back, has stopped its copy
                 finished_at=now,
                 updated_at=now,
             )
