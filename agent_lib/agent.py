@@ -28,14 +28,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent_lib import __version__
-from agent_lib.backends.base import Backend, Lease, ReapingBackend, RecoveringBackend
+from agent_lib.backends.base import (
+    Backend,
+    Lease,
+    ReapingBackend,
+    RecoveringBackend,
+    StoppingBackend,
+)
 from agent_lib.config import AgentConfig
-from agent_lib.errors import LaunchError, SpecError
+from agent_lib.errors import BackendError, LaunchError, SpecError
 from agent_lib.files import ItemFileSaver, job_dir_for
-from agent_lib.hooks import AgentHooks, backoff_delay
+from agent_lib.hooks import AgentHooks, backoff_delay, is_transient
 from agent_lib.identity import claim_identity
 from agent_lib.job import (
     REQUEUE,
+    STOP,
     TAKEN,
     Job,
     JobSupport,
@@ -99,6 +106,8 @@ class LaunchAgent:
         self._last_status_print = 0.0
         self._jobs_started = 0
         self._started_at = time.monotonic()
+        self._next_stop_check = 0.0
+        self._stops_due = False
         register_secret(os.environ.get("WANDB_API_KEY"))
         self._identity = claim_identity(self._config.data_dir, self._config.name)
         self._id = api.create_launch_agent(
@@ -206,9 +215,13 @@ class LaunchAgent:
                 except Exception as exc:
                     failures += 1
                     delay = backoff_delay(failures, base=self._config.poll_interval)
-                    log.warning("backend unavailable (%s); retrying in %.1fs", exc, delay)
+                    if is_transient(exc) or isinstance(exc, BackendError):
+                        log.warning("backend unavailable (%s); retrying in %.1fs", exc, delay)
+                    else:
+                        log.exception("unexpected error while polling; retrying in %.1fs", delay)
                     await self._idle(delay)
                     continue
+                await self._check_stop_requests()
                 if started:
                     seen_idle = False
                     continue
@@ -271,6 +284,7 @@ class LaunchAgent:
             while not done.is_set():
                 try:
                     if self._api.wait_for_items(list(self._queues), 1.0):
+                        self._stops_due = True  # a NOTIFY may also be a stop request
                         self._notify()
                 except Exception as exc:
                     log.debug("wake-up watcher: %s", exc)
@@ -278,6 +292,28 @@ class LaunchAgent:
 
         threading.Thread(target=watch, name="launch-agent-wakeup", daemon=True).start()
         return done
+
+    async def _check_stop_requests(self) -> None:
+        """Stop, at once, the jobs someone asked to stop (`launch-agent cancel`, the Prefect
+        UI): looked for every `stop_check_interval` while jobs run, and at once when a
+        NOTIFY woke the agent. One query for all of this agent's jobs."""
+        api = self._api
+        if not self._jobs or not isinstance(api, StoppingBackend):
+            return
+        now = time.monotonic()
+        if now < self._next_stop_check and not self._stops_due:
+            return
+        self._stops_due = False
+        self._next_stop_check = now + self._config.stop_check_interval
+        try:
+            requests = await self._support.call(api.stop_requests, self._id)
+        except Exception as exc:
+            log.debug("could not look for stop requests: %s", exc)
+            return
+        for request in requests:
+            job = self._jobs.get(request.item_id)
+            if job is not None:
+                job.cancel(STOP, request.describe())
 
     async def _recover(self) -> None:
         """Take back the items this agent held before it restarted (same identity).
@@ -348,14 +384,26 @@ class LaunchAgent:
             popped = await self.get_job_and_queue()
             if popped is None:
                 break
-            assert popped.lease is not None
-            if self._over_scheduler_cap(popped.lease):
-                continue
-            await self.run_job(popped.lease, popped.queue)
+            lease = popped.lease
+            assert lease is not None
+            try:
+                if self._over_scheduler_cap(lease):
+                    continue
+                await self.run_job(lease, popped.queue)
+            except Exception as exc:  # the item's fault, not the backend's: fail it, go on
+                await self._fail_unstartable(lease, exc)
             started = True
             self._jobs_started += 1
             self._check_handover()
         return started
+
+    async def _fail_unstartable(self, lease: Lease, exc: Exception) -> None:
+        log.exception("item %s could not be started", lease.item_id)
+        message = redact(f"the agent could not start this item: {type(exc).__name__}: {exc}")
+        try:
+            await self._support.call(self._api.fail_run_queue_item, lease, message, Phase.AGENT)
+        except Exception as report_exc:
+            log.error("could not report item %s as failed: %s", lease.item_id, report_exc)
 
     def _check_handover(self) -> None:
         """Stop popping after `stop_after_jobs` / `stop_after_seconds`, to hand over."""

@@ -1,32 +1,52 @@
 """`launch-agent`: run the agent (no Prefect needed) and work with its queues.
 
 Exit codes: 0 success; 1 an operation failed (backend, or `wait` on an item that did not
-finish); 2 bad usage or config; 3 no such item or agent.
+finish); 2 bad usage or config (a backend URL, password or key the backend refuses is
+config); 3 no such item or agent (an id that cannot be one, like `abc`, too). Whatever
+the input, the user gets one line saying what is wrong, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import logging
+import math
+import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.exc import ArgumentError
 
 from agent_lib import __version__
 from agent_lib.agent import LaunchAgent
 from agent_lib.backends import SqlBackend, WandbBackend, open_backend
-from agent_lib.backends.base import ItemInfo
-from agent_lib.config import AgentConfig
-from agent_lib.errors import BackendError, ConfigError
+from agent_lib.backends.base import ItemInfo, StopRequest
+from agent_lib.backends.db_retry import DatabaseAccessError
+from agent_lib.backends.sql import MAX_ITEM_ID
+from agent_lib.backends.sql import item_key as database_item_key
+from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
+from agent_lib.backends.wandb_auth import is_wandb_url
+from agent_lib.backends.wandb_client import WandbAuthError
+from agent_lib.config import AgentConfig, queue_name_problem
+from agent_lib.errors import BackendError, ConfigError, TransientError
 from agent_lib.files import job_dir_for
-from agent_lib.redact import install_log_redaction, redact, redact_mapping
+from agent_lib.redact import (
+    install_log_redaction,
+    redact,
+    redact_mapping,
+    register_secrets_in,
+)
+from agent_lib.runners import available_resources
 from agent_lib.runners.base import read_log_tail
 from agent_lib.spec import LOCAL_PROCESS, LaunchSpec
 from agent_lib.states import TERMINAL_ITEM_STATES, ItemState
@@ -36,6 +56,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 
+# Commands other than `run` are interactive: they wait out a database outage this long
+# (an agent rides out two minutes), and give up on an unanswered connection after this.
+CLI_RETRY_WINDOW = 5.0
+CLI_CONNECT_TIMEOUT = 5
+
 PRIORITIES = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 STATE_COLUMNS = [s.value for s in ItemState]
 
@@ -44,6 +69,25 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+# -- argument types (argparse turns their ValueError into a usage error, exit 2) --
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_ITEM_ID:  # a database LIMIT holds no more
+        raise ValueError(text)
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "positive whole number"  # argparse names the type in its message
+non_negative_seconds.__name__ = "number of seconds (0 or more)"
 
 
 # -- parser --
@@ -171,12 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STATE_COLUMNS,
         help="only items in this state (repeatable)",
     )
-    items.add_argument("-n", "--limit", type=int, default=30, help="at most this many (30)")
+    items.add_argument(
+        "-n", "--limit", type=positive_int, default=30, help="at most this many (30)"
+    )
     items.set_defaults(handler=cmd_list)
 
     show = sub.add_parser("show", parents=[common], help="show one item, with its log tail")
     show.add_argument("item", help="item id")
-    show.add_argument("--lines", type=int, default=20, help="log lines to show (20)")
+    show.add_argument("--lines", type=positive_int, default=20, help="log lines to show (20)")
     show.set_defaults(handler=cmd_show)
 
     cancel = sub.add_parser(
@@ -193,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         "wait", parents=[common], help="wait for an item to end; exit 0 if it finished"
     )
     wait.add_argument("item", help="item id")
-    wait.add_argument("--timeout", type=float, help="give up after this many seconds")
+    wait.add_argument(
+        "--timeout", type=non_negative_seconds, help="give up after this many seconds"
+    )
     wait.set_defaults(handler=cmd_wait)
 
     agents = sub.add_parser("agents", parents=[common], help="list agents")
@@ -212,18 +260,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_log_redaction()
     try:
-        return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"launch-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        with short_connect_timeout(args.handler is not cmd_run):
+            return int(args.handler(args))
     except CliError as exc:
-        print(f"launch-agent: {exc}", file=sys.stderr)
-        return exc.code
-    except BackendError as exc:
-        print(f"launch-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(str(exc), exc.code)
+    except (ConfigError, DatabaseAccessError, WandbAuthError) as exc:
+        # A wrong URL, password or key is bad config: retrying the same command cannot help.
+        return fail(str(exc), EXIT_USAGE)
+    except (BackendError, TransientError) as exc:
+        return fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `launch-agent list | head`: the reader is gone, nothing to say
+        with contextlib.suppress(OSError, ValueError):  # Python's advice: point stdout at
+            devnull = os.open(os.devnull, os.O_WRONLY)  # devnull, or the flush at exit fails
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # never a traceback for the user; say what and where
+        logging.getLogger("agent_lib").debug("unexpected error", exc_info=True)
+        return fail(f"unexpected error: {type(exc).__name__}: {redact(str(exc))}", EXIT_FAILED)
+
+
+def fail(message: str, code: int) -> int:
+    print(f"launch-agent: {message}", file=sys.stderr)
+    return code
 
 
 # -- helpers --
@@ -233,12 +293,59 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> AgentConfig:
     )
 
 
-def open_any_backend(config: AgentConfig) -> SqlBackend | WandbBackend:
-    """The backend the config names, for commands that need only the Backend protocol."""
+def open_any_backend(config: AgentConfig, interactive: bool = True) -> SqlBackend | WandbBackend:
+    """The backend the config names, for commands that need only the Backend protocol.
+
+    `interactive` (every command but `run`): a short wait for an unreachable database
+    (CLI_RETRY_WINDOW) and no NOTIFY listener; an agent waits out outages for minutes.
+    """
+    url = config.resolved_backend_url
+    shown = display_url(url)
+    if not is_sql_url(url) and not is_wandb_url(url):
+        raise CliError(
+            f"unsupported backend URL {shown!r}: use sqlite:///PATH, postgresql://..., "
+            "wandb or wandb+https://HOST",
+            EXIT_USAGE,
+        )
     try:
-        return open_backend(config.resolved_backend_url, config.lease_seconds)
-    except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
+        if interactive and is_sql_url(url):
+            return SqlBackend(
+                sqlalchemy_url(url),
+                config.lease_seconds,
+                retry_window=CLI_RETRY_WINDOW,
+                listen=False,
+            )
+        return open_backend(url, config.lease_seconds)
+    except (ValueError, ArgumentError) as exc:
+        raise CliError(f"backend URL {shown}: {_first_line(exc)}", EXIT_USAGE) from exc
+    except OSError as exc:  # the SQLite file's folder cannot be made
+        where = exc.filename if exc.filename is not None else "its folder"
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            why = "a file is in the way"
+        raise CliError(
+            f"backend URL {shown}: cannot create the folder {where} for the queue file ({why})",
+            EXIT_USAGE,
+        ) from exc
+
+
+@contextlib.contextmanager
+def short_connect_timeout(interactive: bool) -> Iterator[None]:
+    """For interactive commands, PGCONNECT_TIMEOUT (unless set): a PostgreSQL host that does
+    not answer at all fails after seconds, not the driver's two minutes. A URL's own
+    `connect_timeout` still wins."""
+    if not interactive or "PGCONNECT_TIMEOUT" in os.environ:
+        yield
+        return
+    os.environ["PGCONNECT_TIMEOUT"] = str(CLI_CONNECT_TIMEOUT)
+    try:
+        yield
+    finally:
+        os.environ.pop("PGCONNECT_TIMEOUT", None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def open_queue_db(config: AgentConfig) -> SqlBackend:
@@ -294,18 +401,41 @@ def what_runs(spec: dict[str, Any]) -> str:
     return str(spec.get("job") or image or spec.get("image_uri") or "?")
 
 
+def item_key(item_id: str) -> str:
+    """An item id as the database stores it; "no such item" (exit 3) for what cannot be one.
+
+    Ids are whole numbers: `abc`, `1.5`, `-1` or one too large for the database cannot
+    name an item, just as an unused number does not.
+    """
+    text = item_id.strip()
+    key = database_item_key(text) if text.isascii() and text.isdigit() else None
+    if key is None:
+        raise CliError(f"no item {item_id!r} (item ids are whole numbers)", EXIT_NOT_FOUND)
+    return str(key)
+
+
 def get_item_or_fail(db: SqlBackend, item_id: str) -> ItemInfo:
-    info = db.get_item(item_id)
+    info = db.get_item(item_key(item_id))
     if info is None:
         raise CliError(f"no item {item_id!r}", EXIT_NOT_FOUND)
     return info
 
 
+def requester() -> str:
+    """Who asks, as the item's record will say: `user@host`."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 def item_dict(info: ItemInfo) -> dict[str, Any]:
-    data = dict(vars(info))
+    """An item for --json: its secrets (and wherever they were echoed) masked."""
+    register_secrets_in(info.run_spec)
+    data = redact_mapping(dict(vars(info)))
     data["state"] = info.state.value
-    data["run_spec"] = redact_mapping(info.run_spec)
-    return data
+    return dict(data)
 
 
 # -- commands --
@@ -329,7 +459,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.verbose < 2:
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
-    db = open_any_backend(config)
+    db = open_any_backend(config, interactive=False)
     agent = LaunchAgent(db, config)
     logging.getLogger("agent_lib").info(
         "agent %s started: queues %s, max_jobs %s, backend %s, jobs in %s",
@@ -364,7 +494,7 @@ async def _run_with_signals(agent: LaunchAgent) -> None:
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if args.spec:
-        text = sys.stdin.read() if args.spec == "-" else _read_text(args.spec)
+        text = _read_stdin() if args.spec == "-" else _read_text(args.spec)
         try:
             loaded = yaml.safe_load(text)  # YAML is a superset of JSON
         except yaml.YAMLError as exc:
@@ -372,24 +502,46 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise CliError(f"{args.spec}: a launch spec must be a mapping", EXIT_USAGE)
         spec = loaded
-    overrides = spec.setdefault("overrides", {})
+    overrides = spec.get("overrides")
+    if overrides is None:
+        overrides = spec["overrides"] = {}
+    if not isinstance(overrides, dict):
+        raise CliError(f"{args.spec}: overrides must be a mapping", EXIT_USAGE)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if command and not command[0].strip():
+        raise CliError("the command after '--' must not start with an empty word", EXIT_USAGE)
     if command:
         overrides["entry_point"] = command
         spec.setdefault("resource", LOCAL_PROCESS)
-    run_config = overrides.setdefault("run_config", {})
+    run_config = overrides.get("run_config")
+    if run_config is None:
+        run_config = overrides["run_config"] = {}
+    if not isinstance(run_config, dict):
+        raise CliError(f"{args.spec}: overrides.run_config must be a mapping", EXIT_USAGE)
     if args.run_config:
         try:
-            run_config.update(json.loads(args.run_config))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            given = json.loads(args.run_config)
+        except ValueError as exc:
             raise CliError(f"--run-config: not a JSON object: {exc}", EXIT_USAGE) from exc
+        if not isinstance(given, dict):
+            raise CliError(
+                f"--run-config: not a JSON object ({{...}}) but a {type(given).__name__}",
+                EXIT_USAGE,
+            )
+        run_config.update(given)
     for pair in args.set:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CliError(f"--set {pair!r}: expected KEY=VALUE", EXIT_USAGE)
-        run_config[key] = yaml.safe_load(value)
+        try:
+            run_config[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            first = (str(exc).splitlines() or ["?"])[0]
+            raise CliError(
+                f"--set {pair!r}: VALUE is not valid YAML ({first})", EXIT_USAGE
+            ) from exc
     simple = {
         "name": args.name,
         "run_id": args.run_id,
@@ -415,11 +567,24 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"--spec -: stdin is not text (byte {exc.start} is not UTF-8)", EXIT_USAGE
+        ) from exc
+
+
 def _read_text(path: str) -> str:
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8)", EXIT_USAGE
+        ) from exc
     except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from exc
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 def parse_priority(value: str | None) -> int | None:
@@ -427,7 +592,7 @@ def parse_priority(value: str | None) -> int | None:
         return None
     if value.lower() in PRIORITIES:
         return PRIORITIES[value.lower()]
-    if value.isdigit() and 0 <= int(value) <= 3:
+    if value in ("0", "1", "2", "3"):
         return int(value)
     raise CliError(f"--priority {value!r}: use critical, high, medium, low or 0-3", EXIT_USAGE)
 
@@ -439,6 +604,16 @@ def cmd_push(args: argparse.Namespace) -> int:
         if isinstance(exc, CliError):
             raise
         raise CliError(str(exc), EXIT_USAGE) from exc
+    problem = queue_name_problem(args.queue)
+    if problem:
+        raise CliError(f"--queue: {problem}", EXIT_USAGE)
+    resource = spec.get("resource")
+    if resource is not None and resource not in available_resources():
+        raise CliError(
+            f"resource {resource!r} is not supported (supported: "
+            f"{', '.join(available_resources())})",
+            EXIT_USAGE,
+        )
     priority = parse_priority(args.priority)
     config = load_config(args)
     db = open_any_backend(config)
@@ -499,6 +674,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     config = load_config(args)
     db = open_queue_db(config)
     info = get_item_or_fail(db, args.item)
+    register_secrets_in(info.run_spec)  # a key the job printed is masked below too
     log_tail = ""
     if info.run_id:
         log_path = job_dir_for(config.jobs_dir, info.id, info.run_id) / "output.log"
@@ -516,12 +692,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     if info.exit_code is not None:
         lines.append(f"  exit code: {info.exit_code}")
-    if info.stop_requested and info.state is ItemState.CLAIMED:
-        lines.append("  stop requested: the agent will cancel it")
+    if info.stop_requested_at is not None:
+        asked = StopRequest(info.id, info.stop_requested_by, info.stop_requested_at).describe()
+        pending = info.state is ItemState.CLAIMED
+        lines.append(f"  {asked.replace('stopped', 'stop asked', 1) if pending else asked}")
     if info.failure_message:
-        lines.append(f"  failed in phase {info.failure_phase}: {info.failure_message}")
+        lines.append(redact(f"  failed in phase {info.failure_phase}: {info.failure_message}"))
     for warning in info.warnings:
-        lines.append(f"  warning ({warning.get('stage')}): {warning.get('message')}")
+        lines.append(redact(f"  warning ({warning.get('stage')}): {warning.get('message')}"))
     for path, content in info.files.items():
         lines.append(f"--- {path} (last {args.lines} lines) ---")
         lines.append(redact("\n".join(content.splitlines()[-args.lines :])))
@@ -533,8 +711,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    key = item_key(args.item)
     db = open_queue_db(load_config(args))
-    state = db.cancel_run_queue_item(args.item)
+    state = db.cancel_run_queue_item(key, requester())
     if state is None:
         raise CliError(f"no item {args.item!r}", EXIT_NOT_FOUND)
     if state is ItemState.STOPPED:
@@ -549,7 +728,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     db = open_queue_db(load_config(args))
-    deadline = time.monotonic() + args.timeout if args.timeout else None
+    deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     while True:
         info = get_item_or_fail(db, args.item)
         if info.state in TERMINAL_ITEM_STATES:

@@ -6,7 +6,9 @@ Sources, highest precedence first: init arguments, environment variables
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -36,6 +38,14 @@ ENV_PREFIX = "LAUNCH_AGENT_"
 CONFIG_FILE_ENV = "LAUNCH_AGENT_CONFIG"
 DEFAULT_PROJECT = "model-registry"
 
+# LAUNCH_AGENT_* variables that are not config keys: the config file's own variable, and
+# the test suite's and crash-injection switches. Any other one is a typo, and is warned of.
+NON_CONFIG_ENV = frozenset(
+    {CONFIG_FILE_ENV, "LAUNCH_AGENT_CRASH_AT", "LAUNCH_AGENT_REQUIRE_SERVICES"}
+)
+NON_CONFIG_ENV_PREFIXES = ("LAUNCH_AGENT_TEST_",)
+
+log = logging.getLogger(__name__)
 _config_file: ContextVar[Path | None] = ContextVar("launch_agent_config_file", default=None)
 
 
@@ -55,10 +65,25 @@ def default_config_file() -> Path | None:
     return candidate if candidate.exists() else None
 
 
+MAX_QUEUE_NAME = 128  # what the SQL backend's column holds
+
+
+def queue_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a queue's name (empty, blank, too long, control characters)."""
+    if not name.strip():
+        return f"a queue name must not be empty or blank (got {name!r})"
+    if len(name) > MAX_QUEUE_NAME:
+        return f"a queue name is at most {MAX_QUEUE_NAME} characters (got {len(name)})"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"a queue name must not contain control characters (got {name!r})"
+    return None
+
+
 class JobDefinition(BaseModel):
     """A named job (W&B's job artifact, kept in config): items run it with `job: <name>`.
 
-    In secure mode only named jobs run: an item may change their args, not their command.
+    In secure mode only named jobs run, and an item may change only what the job allows:
+    its `run_config` always, its `args` only with `allow_args: true`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,13 +93,18 @@ class JobDefinition(BaseModel):
     image: str | None = None
     resource: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    allow_args: bool = False
 
 
 class AgentConfig(BaseSettings):
     """Everything an agent needs to know. See README, "Configuration", for each key."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, populate_by_name=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+        allow_inf_nan=False,  # an `inf` interval or timeout would stall the agent for good
     )
 
     # -- W&B launch-config.yaml keys --
@@ -109,7 +139,9 @@ class AgentConfig(BaseSettings):
     # fail them (phase agent) or requeue them to resume as the same run.
     on_agent_lost: Literal["fail", "requeue"] = "fail"
     status_interval: float = Field(default=30.0, gt=0)
-    stop_check_interval: float = Field(default=5.0, gt=0)
+    # How often an agent with running jobs looks for stop requests (PostgreSQL: also at
+    # once on NOTIFY); on W&B, how often each job asks whether its run should stop.
+    stop_check_interval: float = Field(default=0.5, gt=0)
     start_timeout: float = Field(default=1800.0, ge=0)
     cancel_grace: float = Field(default=10.0, ge=0)
     launch_retries: int = Field(default=2, ge=0)
@@ -118,7 +150,17 @@ class AgentConfig(BaseSettings):
     exit_when_idle: bool = False
     log_tail_lines: int = Field(default=100, gt=0)
     max_resume_count: int = Field(default=5, ge=0)
+    # Exit codes by which a job says "I was preempted, resume me" (requeued as a SIGTERM is).
+    preempt_exit_codes: list[int] = Field(default_factory=list)
+    # Stop and fail a job that runs longer than this many seconds (an item's own
+    # `max_runtime` wins); unset: no limit.
+    max_runtime: float | None = Field(default=None, gt=0)
     jobs: dict[str, JobDefinition] = Field(default_factory=dict)
+    # What of the agent's own environment a job sees, besides a small allow-list (PATH,
+    # HOME, LANG, ...): nothing (false), all but the agent's secrets (true), or these names.
+    inherit_env: bool | list[str] = False
+    # Variables every job gets (a named job's `env` and the W&B contract win over these).
+    job_env: dict[str, str] = Field(default_factory=dict)
     # Hand over to a fresh agent after this many jobs / seconds (stop popping, finish, exit).
     stop_after_jobs: int | None = Field(default=None, gt=0)
     stop_after_seconds: float | None = Field(default=None, gt=0)
@@ -138,6 +180,23 @@ class AgentConfig(BaseSettings):
             return json.loads(value)
         if isinstance(value, str):
             return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _valid_queue_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            problem = queue_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Any) -> Any:
+        """An empty path would be the current folder: a queue file wherever one stands."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
         return value
 
     @field_validator("max_jobs", "max_schedulers")
@@ -179,6 +238,7 @@ class AgentConfig(BaseSettings):
         `config_file=None` looks for the default file; errors raise ConfigError.
         """
         path = Path(config_file) if config_file is not None else default_config_file()
+        warn_unknown_environment()
         file_keys = _read_yaml_keys(path) if path is not None else set()
         given = {k: v for k, v in overrides.items() if v is not None}
         token = _config_file.set(path)
@@ -221,15 +281,52 @@ class AgentConfig(BaseSettings):
 
 def _read_yaml_keys(path: Path) -> set[str]:
     """The top-level keys of the config file; a missing or broken file is a ConfigError."""
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); the config is a YAML file"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values")
-    return {str(k) for k in data}
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: key {key!r} is not a name (see README, Configuration)")
+    return set(data)
+
+
+def warn_unknown_environment() -> list[str]:
+    """Warn of each LAUNCH_AGENT_* variable that names no config key (a typo is otherwise
+    silently ignored), with the closest key; returns the names warned of."""
+    keys = sorted(AgentConfig.model_fields)
+    unknown = []
+    for var in sorted(os.environ):
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_CONFIG_ENV:
+            continue
+        key = upper[len(ENV_PREFIX) :].lower()
+        if key in keys or upper.startswith(NON_CONFIG_ENV_PREFIXES):
+            continue
+        unknown.append(var)
+        close = (
+            difflib.get_close_matches(key, keys, n=1)
+            or [k for k in keys if key and (k.startswith(key) or key in k)][:1]
+        )
+        hint = (
+            f"did you mean {ENV_PREFIX}{close[0].upper()}?"
+            if close
+            else "see README, Configuration, for the keys"
+        )
+        log.warning("environment variable %s is not a config key, ignored (%s)", var, hint)
+    return unknown
 
 
 def _explain(

@@ -28,11 +28,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent_lib.backends.base import Backend, Lease, RecoveringBackend
+from agent_lib.backends.base import Backend, Lease, RecoveringBackend, StoppingBackend
 from agent_lib.builders import make_builder
 from agent_lib.config import AgentConfig, JobDefinition
 from agent_lib.crashpoints import crash_point
-from agent_lib.environment import job_environment
+from agent_lib.environment import inherited_environment, job_environment
 from agent_lib.errors import LaunchError, LeaseLostError, SpecError
 from agent_lib.files import ItemFileSaver, job_dir_for
 from agent_lib.redact import redact, register_secret, register_secrets_in
@@ -48,10 +48,17 @@ T = TypeVar("T")
 
 RUN_ID_ALPHABET = string.ascii_lowercase + string.digits
 SWEEP_STATES_THAT_RUN = ("RUNNING", "PAUSED")
+# resource_args keys an item may not set in secure mode, whatever the resource.
+SECURE_REFUSED_RESOURCE_KEYS = frozenset({"env", "cwd", "workdir", "working_dir", "entrypoint"})
 CANCEL_MARKER = "cancel.json"
-STOP = "stop"
-REQUEUE = "requeue"
+LAUNCH_RECORD = "launch.json"
+# Why the agent stopped a job (written to CANCEL_MARKER before the job is signalled).
+STOP = "stop"  # someone asked
+REQUEUE = "requeue"  # the agent stops with on_stop: requeue; the job resumes elsewhere
 TAKEN = "taken"  # requeued elsewhere while this agent was lost: stop the copy here
+TIMEOUT = "timeout"  # it ran longer than its max_runtime
+START_TIMEOUT = "start-timeout"  # it stayed `starting` longer than start_timeout
+CANCEL_REASONS = (STOP, REQUEUE, TAKEN, TIMEOUT, START_TIMEOUT)
 
 
 def generate_run_id(length: int = 8) -> str:
@@ -123,9 +130,10 @@ class Job:
         self.started_at = time.monotonic()
         self.ended_at: float | None = None
         self._cancel_reason: str | None = None
+        self._stop_message: str | None = None
         self._cancel_asked = asyncio.Event()
         self.job_dir = job_dir_for(support.config.jobs_dir, lease.item_id, "pending")
-        register_secrets_in(lease.item.run_spec)
+        register_secrets_in(lease.item.run_spec)  # before anything can log or save it
 
     # -- what people and hosts read --
     @property
@@ -204,10 +212,12 @@ class Job:
         await found.cleanup()
         return True
 
-    def cancel(self, reason: str = STOP) -> None:
-        """Stop the job (`stop`), or stop it to requeue it as the same run (`requeue`)."""
+    def cancel(self, reason: str = STOP, message: str | None = None) -> None:
+        """Stop the job now: `stop` (asked; `message` says by whom), `requeue` (to resume
+        as the same run), or one of the other CANCEL_REASONS. The first reason stands."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
+            self._stop_message = message
             self._cancel_asked.set()
 
     def _end(self, outcome: Outcome) -> Outcome:
@@ -260,6 +270,8 @@ class Job:
     async def _launch(self, image: str | None) -> None:
         context = self._context(image)
         self.job_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.job_dir / LAUNCH_RECORD).exists():
+            (self.job_dir / LAUNCH_RECORD).write_text(json.dumps({"launched_at": time.time()}))
         self.submitted = await self._runner().run(context)
         self.description = " ".join(context.command) if context.command else (context.image or "")
         log.info(
@@ -271,36 +283,44 @@ class Job:
         )
 
     async def _wait(self) -> Status:
-        """Wait for the job's end; meanwhile honour stop requests and the start timeout."""
+        """Wait for the job's end; meanwhile honour stop requests, the maximum run time and
+        the start timeout. Woken at once by `cancel`, never by a fixed sleep alone."""
         run = self.submitted
         assert run is not None
         config = self._support.config
         ended = asyncio.ensure_future(run.wait())
         asked = asyncio.ensure_future(self._cancel_asked.wait())
+        waiting: set[asyncio.Future[Any]] = {ended, asked}
         started_at = time.monotonic()
+        deadline = self._runtime_deadline()
         stop_seen_at: float | None = None
-        cancelled = False
+        # On our own queues a stop request reaches the agent, which calls `cancel` at once;
+        # elsewhere (W&B) the job is asked, and killed after stopped_run_timeout.
+        polls_for_stop = not isinstance(self._support.api, StoppingBackend)
         try:
             while True:
-                await asyncio.wait(
-                    {ended, asked},
-                    timeout=config.stop_check_interval,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                timeout = config.stop_check_interval
+                if deadline is not None and self._cancel_reason is None:
+                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+                await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if ended.done():
                     self.status = ended.result()
                     return self.status
-                if self._cancel_reason is not None and not cancelled:
-                    cancelled = True
+                if asked in waiting and asked.done():
+                    waiting.discard(asked)
+                    assert self._cancel_reason is not None
                     await self._cancel_run(self._cancel_reason)
                     continue
                 now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.cancel(TIMEOUT)
+                    continue
                 current = await run.get_status()
                 limit = config.start_timeout
                 if current.state is RunState.STARTING and limit and now - started_at > limit:
-                    await run.cancel(config.cancel_grace)
-                    raise LaunchError(f"the job did not start within {limit:.0f}s", Phase.RUN)
-                if stop_seen_at is None and await self._should_stop():
+                    self.cancel(START_TIMEOUT)
+                    continue
+                if polls_for_stop and stop_seen_at is None and await self._should_stop():
                     stop_seen_at = now
                     log.info(
                         "item %s: a stop was requested; cancelling run %s in %.0fs",
@@ -315,13 +335,33 @@ class Job:
                 if not future.done():
                     future.cancel()
 
+    def _runtime_deadline(self) -> float | None:
+        """When the job has run for its `max_runtime` (item's, else the agent's), on the
+        monotonic clock; counted from its launch, also for a job re-attached after a restart."""
+        assert self.spec is not None
+        limit = self.spec.max_runtime or self._support.config.max_runtime
+        if not limit:
+            return None
+        launched = self._launched_at()
+        ran_for = max(0.0, time.time() - launched) if launched is not None else 0.0
+        return time.monotonic() + limit - ran_for
+
+    def _launched_at(self) -> float | None:
+        try:
+            data = json.loads((self.job_dir / LAUNCH_RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        value = data.get("launched_at") if isinstance(data, dict) else None
+        return float(value) if isinstance(value, int | float) else None
+
     async def _cancel_run(self, reason: str) -> None:
         """Write down why, then stop the run: a restarted agent reads the why."""
         assert self.submitted is not None
+        record = {"reason": reason, "message": self._stop_message, "at": time.time()}
         with contextlib.suppress(OSError):
             self.job_dir.mkdir(parents=True, exist_ok=True)
-            marker = self.job_dir / CANCEL_MARKER
-            marker.write_text(json.dumps({"reason": reason, "at": time.time()}))
+            (self.job_dir / CANCEL_MARKER).write_text(json.dumps(record))
+        log.info("item %s: stopping run %s (%s)", self.item_id, self.run_id, reason)
         await self.submitted.cancel(self._support.config.cancel_grace)
 
     async def _should_stop(self) -> bool:
@@ -342,35 +382,54 @@ class Job:
         code = status.exit_code
         if status.state is RunState.FINISHED:
             return Outcome(OutcomeKind.FINISHED, f"finished in {self.elapsed:.1f}s", None, code)
-        reason = self._cancel_reason or self._recorded_cancel()
+        reason, message = self._cancel_reason, self._stop_message
+        if reason is None:
+            reason, message = self._recorded_cancel()
         if reason == TAKEN:
             message = "the item was requeued elsewhere while this agent was lost"
             return Outcome(OutcomeKind.STOPPED, message + "; its copy here was stopped", None, code)
-        if status.state is RunState.PREEMPTED or reason == REQUEUE:
-            return self._preempted(code)
+        if reason == TIMEOUT:
+            assert self.spec is not None
+            limit = self.spec.max_runtime or self._support.config.max_runtime
+            text = f"the job exceeded its maximum run time of {limit:g} s and was stopped"
+            return Outcome(OutcomeKind.FAILED, text, Phase.RUN, code, await self._log_tail())
+        if reason == START_TIMEOUT:
+            text = f"the job did not start within {self._support.config.start_timeout:g} s"
+            return Outcome(OutcomeKind.FAILED, text, Phase.RUN, code, await self._log_tail())
+        preempted = status.state is RunState.PREEMPTED or (
+            reason is None and code in self._support.config.preempt_exit_codes
+        )
+        if preempted or reason == REQUEUE:
+            return await self._preempted(code, status.reason or f"exit code {code}")
         if status.state is RunState.STOPPED or reason == STOP:
-            return Outcome(OutcomeKind.STOPPED, "stopped on request", None, code)
-        message = f"the job exited with code {code}"
+            return Outcome(OutcomeKind.STOPPED, message or "stopped on request", None, code)
+        text = f"the job exited with code {code}"
         if status.reason:
-            message += f" ({status.reason})"
-        return Outcome(OutcomeKind.FAILED, redact(message), Phase.RUN, code, await self._log_tail())
+            text += f" ({status.reason})"
+        return Outcome(OutcomeKind.FAILED, redact(text), Phase.RUN, code, await self._log_tail())
 
-    def _preempted(self, code: int | None) -> Outcome:
+    async def _preempted(self, code: int | None, why: str) -> Outcome:
+        """Requeue to resume as the same run, or fail once it was resumed too often."""
         assert self.spec is not None
         limit = self._support.config.max_resume_count
         if self.spec.resume_count >= limit:
-            message = f"preempted, and not requeued: resumed {limit} times (max_resume_count)"
-            return Outcome(OutcomeKind.PREEMPTED, message, None, code)
-        return Outcome(OutcomeKind.REQUEUED, "requeued to resume", None, code)
+            text = (
+                f"the job was preempted ({why}) and not requeued again: it was already resumed "
+                f"{self.spec.resume_count} times (max_resume_count {limit})"
+            )
+            return Outcome(OutcomeKind.FAILED, text, Phase.RUN, code, await self._log_tail())
+        return Outcome(OutcomeKind.REQUEUED, f"preempted ({why}); requeued to resume", None, code)
 
-    def _recorded_cancel(self) -> str | None:
+    def _recorded_cancel(self) -> tuple[str | None, str | None]:
         """A stop or requeue written down by an earlier incarnation of the agent."""
         try:
             data = json.loads((self.job_dir / CANCEL_MARKER).read_text())
         except (OSError, ValueError):
-            return None
-        reason = data.get("reason") if isinstance(data, dict) else None
-        return reason if reason in (STOP, REQUEUE, TAKEN) else None
+            return None, None
+        if not isinstance(data, dict) or data.get("reason") not in CANCEL_REASONS:
+            return None, None
+        message = data.get("message")
+        return str(data["reason"]), message if isinstance(message, str) else None
 
     async def _failure(self, exc: BaseException) -> Outcome:
         phase = exc.phase if isinstance(exc, LaunchError) else self.phase
@@ -460,9 +519,9 @@ class Job:
         assert spec is not None and run_id is not None and self.resource is not None
         config = self._support.config
         command, definition = command_for(spec, config)
-        env = job_environment(spec, self.item_id, self.queue, run_id, self._support.entity)
-        if definition is not None:
-            env = {**definition.env, **env}
+        env = dict(config.job_env)
+        env.update(definition.env if definition else {})
+        env.update(job_environment(spec, self.item_id, self.queue, run_id, self._support.entity))
         env.update(self._credentials(spec))
         return LaunchContext(
             item_id=self.item_id,
@@ -481,6 +540,7 @@ class Job:
                 "launch-agent.item": self.item_id,
                 "launch-agent.run": run_id,
             },
+            host_env=inherited_environment(config.inherit_env),
         )
 
     def _credentials(self, spec: LaunchSpec) -> dict[str, str]:
@@ -502,24 +562,68 @@ def command_for(spec: LaunchSpec, config: AgentConfig) -> tuple[list[str], JobDe
 
 
 def check_secure(spec: LaunchSpec, config: AgentConfig) -> None:
-    """In secure mode, refuse items that change what runs (W&B's rules, ours added)."""
+    """In secure mode only the agent's named jobs run, and an item changes only what its
+    job allows: `run_config` always, `args` with `allow_args`. Nothing else that decides
+    what runs or with what rights: no entry point, image, source, environment, working
+    directory, local-process resource args, or pod keys that reach the host."""
     if not config.secure_mode:
         return
+    if not spec.job:
+        named = ", ".join(sorted(config.jobs)) or "none are configured"
+        raise SpecError(f"secure_mode: only named jobs run on this agent; set `job` ({named})")
+    definition = config.jobs.get(spec.job)
+    if definition is None:
+        raise SpecError(f"secure_mode: job {spec.job!r} is not one of this agent's jobs")
     if spec.overrides.entry_point:
         raise SpecError(
             "secure_mode: this agent does not allow overriding the entry point "
             "(overrides.entry_point); run a named job instead"
         )
-    k8s = spec.resource_args.get("kubernetes", {})
-    pod = k8s.get("spec", {}).get("template", {}).get("spec", {})
+    if spec.overrides.args and not definition.allow_args:
+        raise SpecError(
+            f"secure_mode: job {spec.job!r} does not allow changing its args (overrides.args); "
+            "its definition must say allow_args: true"
+        )
+    if spec.image and spec.image != definition.image:
+        raise SpecError(
+            "secure_mode: an item may not choose the image (docker.docker_image / image_uri)"
+        )
+    if spec.git is not None or spec.builder:
+        raise SpecError("secure_mode: an item may not give source to build (git / builder)")
+    if definition.resource and spec.resource and spec.resource != definition.resource:
+        raise SpecError(
+            f"secure_mode: job {spec.job!r} runs on {definition.resource}, not {spec.resource}"
+        )
+    for resource, args in spec.resource_args.items():
+        _check_secure_resource_args(resource, args)
+
+
+def _check_secure_resource_args(resource: str, args: dict[str, Any]) -> None:
+    if resource == LOCAL_PROCESS and args:
+        raise SpecError(
+            f"secure_mode: resource_args.{resource} is not allowed "
+            f"(it sets {', '.join(sorted(map(str, args)))})"
+        )
+    for key in args:
+        if str(key).replace("-", "_").lower() in SECURE_REFUSED_RESOURCE_KEYS:
+            raise SpecError(f"secure_mode: resource_args.{resource}.{key} is not allowed")
+    if resource != "kubernetes":
+        return
+    pod = _dig(args, "spec", "template", "spec")
     for key in ("hostPID", "hostIPC", "hostNetwork", "initContainers"):
         if key in pod:
             raise SpecError(f"secure_mode: this agent does not allow setting pod spec {key!r}")
-    for container in pod.get("containers", []):
-        if "command" in container:
+    containers = pod.get("containers")
+    for container in containers if isinstance(containers, list) else []:
+        if isinstance(container, dict) and "command" in container:
             raise SpecError("secure_mode: this agent does not allow a container 'command'")
-    if spec.job and spec.job not in config.jobs:
-        raise SpecError(f"secure_mode: job {spec.job!r} is not one of this agent's jobs")
+
+
+def _dig(data: Any, *keys: str) -> dict[str, Any]:
+    """data[k1][k2]... when each level is a mapping, else {} (hostile specs are shapeless)."""
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
 async def check_sweep_state(support: JobSupport, spec: LaunchSpec) -> None:

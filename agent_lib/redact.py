@@ -14,6 +14,7 @@ from typing import Any
 
 MASK = "***"
 MIN_SECRET_LENGTH = 6
+MAX_SHOWN_DEPTH = 32
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
 
 _lock = threading.Lock()
@@ -51,29 +52,34 @@ def redact_mapping(data: Any) -> Any:
     return _masked(data)
 
 
-def _masked(data: Any) -> Any:
+def _masked(data: Any, depth: int = 0) -> Any:
+    if depth > MAX_SHOWN_DEPTH:
+        return "<nested too deeply to show>"
     if isinstance(data, dict):
         return {
-            k: (MASK if _SECRET_KEY.search(str(k)) and v else _masked(v)) for k, v in data.items()
+            k: (MASK if _SECRET_KEY.search(str(k)) and v else _masked(v, depth + 1))
+            for k, v in data.items()
         }
     if isinstance(data, list):
-        return [_masked(v) for v in data]
+        return [_masked(v, depth + 1) for v in data]
     if isinstance(data, str):
         return redact(data)
     return data
 
 
 def register_secrets_in(data: Any) -> None:
-    """Register every string held under a secret-named key of a JSON-like value."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(value, str) and _SECRET_KEY.search(str(key)):
-                register_secret(value)
-            else:
-                register_secrets_in(value)
-    elif isinstance(data, list):
-        for value in data:
-            register_secrets_in(value)
+    """Register every value held under a secret-named key of a JSON-like value, whatever
+    its type (a key given as a list or a number is still a key). Iterative: a hostile,
+    deeply nested spec cannot make it recurse."""
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, secret = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, secret or bool(_SECRET_KEY.search(str(k)))) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, secret) for v in value)
+        elif secret and value is not None and not isinstance(value, bool):
+            register_secret(str(value))
 
 
 def install_log_redaction() -> None:

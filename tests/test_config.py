@@ -91,3 +91,49 @@ def test_public_dict_leaves_out_project_and_jobs() -> None:
     public = config.public_dict()
     assert "project" not in public and "jobs" not in public
     assert public["max_jobs"] == 1
+
+
+def test_queue_names_must_be_usable(tmp_path: Path) -> None:
+    for queues in ([""], ["  "], ["a\nb"], ["q" * 129]):
+        with pytest.raises(ConfigError, match="argument: queues: Value error, a queue name"):
+            AgentConfig.load(queues=queues)
+    path = write(tmp_path / "c.yaml", "queues: [ok, '']\n")
+    with pytest.raises(ConfigError, match=f"{path}: queues: .*must not be empty"):
+        AgentConfig.load(path)
+
+
+def test_numbers_must_be_finite_and_data_dir_given() -> None:
+    with pytest.raises(ConfigError, match="poll_interval: Input should be a finite number"):
+        AgentConfig.load(poll_interval=float("inf"))
+    with pytest.raises(ConfigError, match="data_dir: Value error, must not be empty"):
+        AgentConfig.load(data_dir="")
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        AgentConfig.load(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"queues: [\xff]\n")
+    with pytest.raises(ConfigError, match=r"not a text file \(byte 9 is not UTF-8\)"):
+        AgentConfig.load(binary)
+    numbered = write(tmp_path / "n.yaml", "1: 2\n")
+    with pytest.raises(ConfigError, match="key 1 is not a name"):
+        AgentConfig.load(numbered)
+
+
+def test_unknown_environment_variables_are_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LAUNCH_AGENT_BOGUS_KEY", "1")
+    monkeypatch.setenv("LAUNCH_AGENT_QUEUE", "a")
+    monkeypatch.setenv("LAUNCH_AGENT_TEST_WHATEVER", "1")
+    monkeypatch.setenv("LAUNCH_AGENT_CRASH_AT", "nowhere")
+    with caplog.at_level("WARNING", logger="agent_lib.config"):
+        config = AgentConfig.load()
+    assert config.queues == ["default"]  # ignored, but said so
+    assert "LAUNCH_AGENT_BOGUS_KEY is not a config key, ignored" in caplog.text
+    assert (
+        "LAUNCH_AGENT_QUEUE is not a config key, ignored (did you mean LAUNCH_AGENT_QUEUES?)"
+        in (caplog.text)
+    )
+    assert "TEST_WHATEVER" not in caplog.text and "CRASH_AT" not in caplog.text

@@ -64,6 +64,7 @@ def make_context(
     command: list[str],
     env: dict[str, str] | None = None,
     resource_args: dict[str, Any] | None = None,
+    host_env: dict[str, str] | None = None,
 ) -> LaunchContext:
     return LaunchContext(
         item_id="item",
@@ -76,6 +77,7 @@ def make_context(
         job_dir=job_dir,
         log_path=job_dir / "output.log",
         resource_args=resource_args or {},
+        host_env={"PATH": os.environ["PATH"], **(host_env or {})},
     )
 
 
@@ -158,14 +160,16 @@ def test_a_job_ends_with_its_exit_status(tmp_path: Path, script: str, expected: 
 
 
 def test_the_job_gets_its_env_cwd_and_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's environment is the context's (host part, item's env, contract), never the
+    agent process's own."""
     monkeypatch.setenv("LAUNCH_AGENT_SECRET", "agent-only")
-    monkeypatch.setenv("FROM_AGENT", "yes")
     (tmp_path / "elsewhere").mkdir()
     context = make_context(
         tmp_path / "job",
         ["sh", "-c", 'echo "$FROM_AGENT $A $B ${LAUNCH_AGENT_SECRET:-none} $(pwd)"'],
         env={"B": "contract"},
         resource_args={"env": {"A": "args", "B": "args"}, "cwd": str(tmp_path / "elsewhere")},
+        host_env={"FROM_AGENT": "yes"},
     )
 
     async def scenario() -> str:
@@ -245,7 +249,10 @@ def test_a_stray_sigterm_to_the_supervisor_ends_the_job_and_is_recorded(tmp_path
         return run.pid, await asyncio.wait_for(run.wait(), TIMEOUT)
 
     pid, status = asyncio.run(scenario())
-    assert status == Status(RunState.FAILED, -signal.SIGTERM, "killed by signal SIGTERM")
+    # A SIGTERM from outside the agent (a host shutting down) preempts the job.
+    assert status == Status(
+        RunState.PREEMPTED, -signal.SIGTERM, "ended by SIGTERM from outside the agent"
+    )
     wait_until(lambda: not group_alive(pid))
 
 

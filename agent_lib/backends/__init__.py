@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
 from agent_lib.backends.sql import SqlBackend
-from agent_lib.backends.sql_url import is_sql_url, sqlalchemy_url
+from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
 from agent_lib.backends.wandb import WandbBackend
 from agent_lib.backends.wandb_auth import is_wandb_url
 
@@ -31,6 +31,6 @@ def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBac
     if is_wandb_url(url):
         return WandbBackend.from_url(url)
     raise ValueError(
-        f"unsupported backend URL {url!r}: use sqlite:///PATH, postgresql://..., "
+        f"unsupported backend URL {display_url(url)!r}: use sqlite:///PATH, postgresql://..., "
         "wandb or wandb+https://HOST"
     )

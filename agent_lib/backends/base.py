@@ -7,6 +7,7 @@ runs them in a worker thread so one slow call never stalls the loop.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -84,9 +85,27 @@ class ItemInfo:
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     stop_requested: bool = False
+    stop_requested_by: str | None = None
+    stop_requested_at: float | None = None
     leased_at: float | None = None
     claimed_at: float | None = None
     finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Someone asked a running item to stop: who (as they named themselves) and when."""
+
+    item_id: str
+    requested_by: str | None = None
+    requested_at: float | None = None
+
+    def describe(self) -> str:
+        who = f" by {self.requested_by}" if self.requested_by else ""
+        when = ""
+        if self.requested_at is not None:
+            when = time.strftime(" at %Y-%m-%d %H:%M:%S", time.localtime(self.requested_at))
+        return f"stopped on request{who}{when}"
 
 
 @dataclass
@@ -225,6 +244,15 @@ class RecoveringBackend(Protocol):
         ...
 
     def forget_taken_item(self, lease: Lease) -> None: ...
+
+
+@runtime_checkable
+class StoppingBackend(Protocol):
+    """A backend on which a stop request means "kill it now": nothing in the job listens
+    for it (our own queues). On W&B the run's SDK stops itself, and the agent only kills
+    it after `stopped_run_timeout`."""
+
+    def stop_requests(self, agent_id: str) -> list[StopRequest]: ...
 
 
 @runtime_checkable

@@ -142,12 +142,18 @@ def _add_generations(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE launch_items ADD COLUMN agent_generation INTEGER"))
 
 
+def _add_stop_requests(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE launch_items ADD COLUMN stop_requested_by VARCHAR(256)"))
+    conn.execute(text("ALTER TABLE launch_items ADD COLUMN stop_requested_at FLOAT"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "queues, items, agents, sweeps", _create_v1),
     Step(
         2, "agent liveness: agents.lost_at, items.lost_at, index on items.agent_id", _add_liveness
     ),
     Step(3, "stable agents: agents.generation, items.agent_generation", _add_generations),
+    Step(4, "who asked to stop: items.stop_requested_by, stop_requested_at", _add_stop_requests),
 )
 assert [s.version for s in STEPS] == list(range(1, SCHEMA_VERSION + 1)), "one step per version"
 

@@ -14,6 +14,7 @@ created and upgraded by migrations.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket
 import time
@@ -23,11 +24,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    cast,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from agent_lib.backends import migrations, sql_liveness
-from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary
+from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary, StopRequest
 from agent_lib.backends.db_retry import Reconnector
 from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
 from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
@@ -40,6 +53,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY = 2
 MAX_STORED_FILE_BYTES = 64 * 1024
+# Unreadable items failed in one pop before it gives up (the next pop goes on).
+MAX_UNREADABLE_PER_POP = 100
 ACTIVE_STATES = (ItemState.PENDING, ItemState.LEASED, ItemState.CLAIMED)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -251,35 +266,55 @@ class SqlBackend:
             if qid is None:
                 return None
             self._requeue_expired_leases(conn, now, qid)
-            row = conn.execute(
-                select(items.c.id, items.c.run_spec, items.c.priority, items.c.attempts)
-                .where(items.c.queue_id == qid, items.c.state == ItemState.PENDING.value)
-                .order_by(items.c.priority, items.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
-                return None
-            attempt = row.attempts + 1
-            conn.execute(
-                update(items)
-                .where(items.c.id == row.id)
-                .values(
-                    state=ItemState.LEASED.value,
-                    agent_id=agent_id,
-                    agent_generation=generation,
-                    leased_at=now,
-                    lease_expires_at=now + self.lease_seconds,
-                    attempts=attempt,
-                    updated_at=now,
-                )
+            for _ in range(MAX_UNREADABLE_PER_POP):
+                row = conn.execute(
+                    select(
+                        items.c.id,
+                        cast(items.c.run_spec, Text).label("raw_spec"),
+                        items.c.priority,
+                        items.c.attempts,
+                    )
+                    .where(items.c.queue_id == qid, items.c.state == ItemState.PENDING.value)
+                    .order_by(items.c.priority, items.c.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                try:
+                    run_spec = decode_run_spec(row.raw_spec)
+                except ValueError as exc:
+                    _fail_unreadable(conn, row.id, str(exc), now)
+                    continue
+                return self._lease(conn, row, queue, run_spec, agent_id, generation, now)
+        return None
+
+    def _lease(
+        self,
+        conn: Connection,
+        row: Any,
+        queue: str,
+        run_spec: dict[str, Any],
+        agent_id: str,
+        generation: int,
+        now: float,
+    ) -> Lease:
+        attempt = row.attempts + 1
+        conn.execute(
+            update(items)
+            .where(items.c.id == row.id)
+            .values(
+                state=ItemState.LEASED.value,
+                agent_id=agent_id,
+                agent_generation=generation,
+                leased_at=now,
+                lease_expires_at=now + self.lease_seconds,
+                attempts=attempt,
+                updated_at=now,
             )
+        )
         item = QueueItem(
-            id=str(row.id),
-            queue=queue,
-            run_spec=row.run_spec,
-            priority=row.priority,
-            attempt=attempt,
+            id=str(row.id), queue=queue, run_spec=run_spec, priority=row.priority, attempt=attempt
         )
         return Lease(item, agent_id, generation, expires_at=now + self.lease_seconds)
 
@@ -512,14 +547,21 @@ class SqlBackend:
         return item_id
 
     @_retried
-    def cancel_run_queue_item(self, item_id: str) -> ItemState | None:
-        """Stop an item: a queued one ends STOPPED now; a running one is asked to stop.
+    def cancel_run_queue_item(
+        self, item_id: str, requested_by: str | None = None
+    ) -> ItemState | None:
+        """Stop an item: a queued one ends STOPPED now; a running one is asked to stop, and
+        its agent is woken (NOTIFY on PostgreSQL; SQLite agents look twice a second).
 
         Returns the item's state after the call, or None if there is no such item.
         """
         now = time.time()
+        asked = {"stop_requested_by": requested_by, "stop_requested_at": now}
+        key = item_key(item_id)
+        if key is None:
+            return None
         with self._tx() as conn:
-            row = conn.execute(select(items.c.state).where(items.c.id == int(item_id))).first()
+            row = conn.execute(select(items.c.state).where(items.c.id == key)).first()
             if row is None:
                 return None
             state = ItemState(row.state)
@@ -527,16 +569,30 @@ class SqlBackend:
                 conn.execute(
                     update(items)
                     .where(items.c.id == int(item_id))
-                    .values(state=ItemState.STOPPED.value, finished_at=now, updated_at=now)
+                    .values(state=ItemState.STOPPED.value, finished_at=now, updated_at=now, **asked)
                 )
                 return ItemState.STOPPED
             if state is ItemState.CLAIMED:
                 conn.execute(
                     update(items)
-                    .where(items.c.id == int(item_id))
-                    .values(stop_requested=True, updated_at=now)
+                    .where(items.c.id == key)
+                    .values(stop_requested=True, updated_at=now, **asked)
                 )
+                self._notify_all(conn)
             return state
+
+    @_retried
+    def stop_requests(self, agent_id: str) -> list[StopRequest]:
+        """The running items of `agent_id` that someone asked to stop."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(items.c.id, items.c.stop_requested_by, items.c.stop_requested_at).where(
+                    items.c.agent_id == agent_id,
+                    items.c.state == ItemState.CLAIMED.value,
+                    items.c.stop_requested.is_(True),
+                )
+            ).all()
+        return [StopRequest(str(r.id), r.stop_requested_by, r.stop_requested_at) for r in rows]
 
     # -- runs and sweeps --
     @_retried
@@ -608,13 +664,58 @@ class SqlBackend:
 
     @_retried
     def get_item(self, item_id: str) -> ItemInfo | None:
-        try:
-            key = int(item_id)
-        except ValueError:
+        key = item_key(item_id)
+        if key is None:
             return None
         with self._read() as conn:
             row = conn.execute(_item_select().where(items.c.id == key)).first()
         return _item_info(row) if row is not None else None
+
+
+MAX_ITEM_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
+
+
+def item_key(item_id: str) -> int | None:
+    """An item id as the database's key; None for anything that cannot be one."""
+    try:
+        key = int(item_id)
+    except (TypeError, ValueError):
+        return None
+    return key if 0 < key <= MAX_ITEM_ID else None
+
+
+def decode_run_spec(raw: Any) -> dict[str, Any]:
+    """An item's stored run_spec as a dict; ValueError saying why it cannot be one.
+
+    Decoded here rather than by the JSON column type, so one unreadable row fails alone
+    instead of failing every pop (and stalling the queue behind it)."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    except RecursionError:
+        raise ValueError("run_spec is nested too deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"run_spec is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"run_spec must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _fail_unreadable(conn: Connection, item_id: int, why: str, now: float) -> None:
+    """Fail an item whose stored spec cannot be read, so the queue behind it moves on."""
+    log.warning("item %s cannot be read and fails: %s", item_id, why)
+    conn.execute(
+        update(items)
+        .where(items.c.id == item_id)
+        .values(
+            state=ItemState.FAILED.value,
+            failure_phase=Phase.AGENT.value,
+            failure_message=f"the item could not be read: {why}",
+            finished_at=now,
+            updated_at=now,
+        )
+    )
 
 
 class _NotHeld(Exception):
@@ -641,7 +742,7 @@ def _lease_of(row: Any, agent_id: str, generation: int) -> Lease:
     item = QueueItem(
         id=str(row.id),
         queue=row.queue_name,
-        run_spec=row.run_spec,
+        run_spec=_readable_spec(row),
         priority=row.priority,
         attempt=row.attempts,
     )
@@ -666,9 +767,21 @@ def _agent_record(row: Any) -> AgentRecord:
 
 
 def _item_select() -> Any:
-    return select(items, queues.c.name.label("queue_name")).join(
-        queues, queues.c.id == items.c.queue_id
-    )
+    """Items with their queue's name; run_spec as stored text, read by `_readable_spec`."""
+    columns = [c for c in items.c if c.name != "run_spec"]
+    return select(
+        *columns,
+        cast(items.c.run_spec, Text).label("raw_spec"),
+        queues.c.name.label("queue_name"),
+    ).join(queues, queues.c.id == items.c.queue_id)
+
+
+def _readable_spec(row: Any) -> dict[str, Any]:
+    """The row's run_spec, or a note of why it cannot be read (the item failed for it)."""
+    try:
+        return decode_run_spec(row.raw_spec)
+    except ValueError as exc:
+        return {"unreadable": str(exc)}
 
 
 def _item_info(row: Any) -> ItemInfo:
@@ -677,7 +790,7 @@ def _item_info(row: Any) -> ItemInfo:
         queue=row.queue_name,
         state=ItemState(row.state),
         priority=row.priority,
-        run_spec=row.run_spec,
+        run_spec=_readable_spec(row),
         created_at=row.created_at,
         updated_at=row.updated_at,
         run_id=row.run_id,
@@ -689,6 +802,8 @@ def _item_info(row: Any) -> ItemInfo:
         files=dict(row.files or {}),
         warnings=list(row.warnings or []),
         stop_requested=bool(row.stop_requested),
+        stop_requested_by=row.stop_requested_by,
+        stop_requested_at=row.stop_requested_at,
         leased_at=row.leased_at,
         claimed_at=row.claimed_at,
         finished_at=row.finished_at,

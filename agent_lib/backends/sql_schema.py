@@ -26,7 +26,7 @@ from sqlalchemy import (
     insert,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -93,6 +93,9 @@ items = Table(
     Column("lost_at", Float),
     # v3: the generation of the agent that leased the item; writes must carry it.
     Column("agent_generation", Integer),
+    # v4: who asked a running item to stop, and when (shown with its STOPPED state).
+    Column("stop_requested_by", String(256)),
+    Column("stop_requested_at", Float),
     Index("ix_launch_items_pop", "queue_id", "state", "priority", "id"),
     Index("ix_launch_items_state", "state"),
     Index("ix_launch_items_run_id", "run_id"),

@@ -8,6 +8,8 @@ parts left out (even just `postgresql://`) takes them from the PG* environment v
 
 from __future__ import annotations
 
+import re
+
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
@@ -23,3 +25,13 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("postgres+"):
         return "postgresql+" + url[len("postgres+") :]
     return url
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages; never raises, even on a bad URL."""
+    from sqlalchemy.engine import make_url  # sqlalchemy imports are not free: load on use
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL SQLAlchemy cannot parse: hide what looks like user:password@
+        return re.sub(r"(//[^/@:]*):[^/]*@", r"\1:***@", url)

@@ -7,6 +7,7 @@ never by a fixed sleep.
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ class LaunchContext:
     log_path: Path
     resource_args: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # What a job on this host takes from the agent's environment (local processes only:
+    # a container has its image's own PATH and HOME). `env` is laid over it.
+    host_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def work_dir(self) -> Path:
@@ -117,3 +121,38 @@ def read_log_tail(path: Path, lines: int | None, max_bytes: int = 1 << 20) -> st
     except FileNotFoundError:
         return ""
     return tail_lines(data.decode("utf-8", errors="replace"), lines)
+
+
+def key_value_pairs(value: Any) -> dict[str, str]:
+    """A mapping, or a list of `K=V` strings (docker CLI style), as a str -> str dict.
+
+    ValueError saying what is wrong otherwise (callers name the key)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        out: dict[str, str] = {}
+        for entry in value:
+            name, sep, val = str(entry).partition("=")
+            if not sep or not name:
+                raise ValueError(f"entry {entry!r} must be KEY=VALUE")
+            out[name] = val
+        return out
+    raise ValueError("expected a mapping or a list of KEY=VALUE strings")
+
+
+# Signals that end a job from outside without it being at fault: a spot reclaim, a node
+# drain, a host shutdown, someone's `kill`. The job is preempted and resumes elsewhere.
+PREEMPTING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def signal_status(signum: int, exit_code: int, preempting: frozenset[int]) -> Status:
+    """The status of a job that a signal (not sent by the agent) ended."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    if signum in preempting:
+        return Status(RunState.PREEMPTED, exit_code, f"ended by {name} from outside the agent")
+    return Status(RunState.FAILED, exit_code, f"killed by signal {name}")

@@ -39,7 +39,15 @@ from docker.utils import parse_bytes
 
 from agent_lib.config import AgentConfig
 from agent_lib.errors import LaunchError, SpecError, TransientError
-from agent_lib.runners.base import LaunchContext, Status, SubmittedRun, read_log_tail
+from agent_lib.runners.base import (
+    PREEMPTING_SIGNALS,
+    LaunchContext,
+    Status,
+    SubmittedRun,
+    key_value_pairs,
+    read_log_tail,
+    signal_status,
+)
 from agent_lib.spec import LOCAL_CONTAINER
 from agent_lib.states import RunState
 
@@ -123,17 +131,12 @@ def _as_bytes(key: str, value: Any) -> int:
 
 def _pairs(key: str, value: Any) -> dict[str, str]:
     """A mapping, or a list of `K=V` strings (docker CLI style), as a str->str dict."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    if isinstance(value, list):
-        out: dict[str, str] = {}
-        for entry in value:
-            name, sep, val = str(entry).partition("=")
-            if not sep or not name:
-                raise _bad(key, f"entry {entry!r} must be KEY=VALUE")
-            out[name] = val
-        return out
-    raise _bad(key, "expected a mapping or a list of KEY=VALUE strings")
+    if value is None:
+        raise _bad(key, "expected a mapping or a list of KEY=VALUE strings")
+    try:
+        return key_value_pairs(value)
+    except ValueError as exc:
+        raise _bad(key, str(exc)) from None
 
 
 def _strings(key: str, value: Any) -> list[str]:
@@ -788,8 +791,8 @@ def final_status(result: dict[str, Any], info: dict[str, Any], cancelled: bool) 
     if error:
         return Status(RunState.FAILED, exit_code=code, reason=str(error))
     if code > 128 and (code - 128) in signal.Signals._value2member_map_:
-        name = signal.Signals(code - 128).name
-        return Status(RunState.FAILED, exit_code=code, reason=f"killed by signal {name}")
+        # `docker stop` or a kill by someone else; an OOM kill was caught above.
+        return signal_status(code - 128, code, PREEMPTING_SIGNALS | {signal.SIGKILL})
     return Status(RunState.FAILED, exit_code=code)
 
 

@@ -21,12 +21,19 @@ from typing import Any
 
 from agent_lib.errors import LaunchError, SpecError
 from agent_lib.runners import supervisor
-from agent_lib.runners.base import LaunchContext, Status, SubmittedRun, read_log_tail
+from agent_lib.runners.base import (
+    PREEMPTING_SIGNALS,
+    LaunchContext,
+    Status,
+    SubmittedRun,
+    key_value_pairs,
+    read_log_tail,
+    signal_status,
+)
 from agent_lib.spec import LOCAL_PROCESS
 from agent_lib.states import RunState
 
 # The agent's own settings are not the job's business.
-_AGENT_ENV_PREFIXES = ("LAUNCH_AGENT_",)
 
 SUPERVISOR_SCRIPT = Path(supervisor.__file__).resolve()
 SUPERVISOR_DIED = "its supervisor died before recording the job's end"
@@ -56,8 +63,11 @@ class LocalProcessRunner:
         folder = context.job_dir / supervisor.FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         cwd = Path(os.path.abspath(context.resource_args.get("cwd") or context.work_dir))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_AGENT_ENV_PREFIXES)}
-        env.update({str(k): str(v) for k, v in context.resource_args.get("env", {}).items()})
+        env = dict(context.host_env)
+        try:
+            env.update(key_value_pairs(context.resource_args.get("env")))
+        except ValueError as exc:
+            raise SpecError(f"resource_args.local-process.env: {exc}") from None
         env.update(context.env)
         launch_id = uuid.uuid4().hex
         with (folder / supervisor.LOG).open("ab") as errors:
@@ -321,8 +331,8 @@ def _final_status(code: int, cancelled: bool) -> Status:
     if code == 0:
         return Status(RunState.FINISHED, exit_code=0)
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "?"
-        return Status(RunState.FAILED, exit_code=code, reason=f"killed by signal {name}")
+        # SIGKILL stays a failure: it is also how the kernel's OOM killer ends a process.
+        return signal_status(-code, code, PREEMPTING_SIGNALS)
     return Status(RunState.FAILED, exit_code=code)
 
 
