@@ -108,6 +108,10 @@ class LaunchAgent:
         self._started_at = time.monotonic()
         self._next_stop_check = 0.0
         self._stops_due = False
+        self._aborts: list[asyncio.Future[None]] = []
+        # A job whose task is cancelled from outside: requeue it (stop its run, resume it
+        # elsewhere), or leave it running for this agent's next start to re-attach.
+        self.requeue_on_cancel = self._requeue_on_stop
         register_secret(os.environ.get("WANDB_API_KEY"))
         self._identity = claim_identity(self._config.data_dir, self._config.name)
         self._id = api.create_launch_agent(
@@ -515,6 +519,13 @@ class LaunchAgent:
                 job_tracker.item_id,
                 exc,
             )
+        except BaseException:
+            # Cancelled from outside (Prefect cancelling the agent's run cancels every task
+            # of it): settle the job anyway, outside the cancelled task. The agent's
+            # shutdown waits for this.
+            abort = job_tracker.abort(self.requeue_on_cancel)
+            self._aborts.append(asyncio.ensure_future(abort))
+            raise
         finally:
             await asyncio.shield(self.finish_thread_id(job_tracker.item_id, exception))
 
@@ -614,6 +625,8 @@ class LaunchAgent:
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._aborts:
+            await asyncio.gather(*self._aborts, return_exceptions=True)
         self.print_status()
         await self.update_status(AgentStatus.KILLED)
         self._identity.release()

@@ -421,6 +421,22 @@ def get_item_or_fail(db: SqlBackend, item_id: str) -> ItemInfo:
     return info
 
 
+def describe_end(info: ItemInfo) -> str:
+    """`failed in phase run: ...` for a failure; the record's message for other ends."""
+    if info.failure_phase and info.state is ItemState.FAILED:
+        return f"failed in phase {info.failure_phase}: {info.failure_message}"
+    return info.failure_message or ""
+
+
+def info_note(info: ItemInfo) -> str:
+    """The short note of the item listing: `run: the job exited with code 3`."""
+    if not info.failure_message:
+        return ""
+    if info.failure_phase and info.state is ItemState.FAILED:
+        return f"{info.failure_phase}: {info.failure_message}"
+    return info.failure_message
+
+
 def requester() -> str:
     """Who asks, as the item's record will say: `user@host`."""
     try:
@@ -651,7 +667,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for info in found:
         end = info.finished_at or time.time()
         took = duration(end - info.claimed_at) if info.claimed_at else "-"
-        note = f"{info.failure_phase}: {info.failure_message}" if info.failure_message else ""
+        note = info_note(info)
         rows.append(
             [
                 info.id,
@@ -697,7 +713,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         pending = info.state is ItemState.CLAIMED
         lines.append(f"  {asked.replace('stopped', 'stop asked', 1) if pending else asked}")
     if info.failure_message:
-        lines.append(redact(f"  failed in phase {info.failure_phase}: {info.failure_message}"))
+        lines.append(redact(f"  {describe_end(info)}"))
     for warning in info.warnings:
         lines.append(redact(f"  warning ({warning.get('stage')}): {warning.get('message')}"))
     for path, content in info.files.items():
@@ -738,7 +754,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     text = f"item {info.id}: {info.state.value}"
     if info.failure_message:
-        text += f" in phase {info.failure_phase}: {info.failure_message}"
+        text += f", {describe_end(info)}"
     emit(args, item_dict(info), text)
     return EXIT_OK if info.state is ItemState.FINISHED else EXIT_FAILED
 

@@ -196,6 +196,25 @@ class Job:
         await step(self, name, self._settle, retries=retries)
         return self.outcome or outcome
 
+    async def abort(self, requeue: bool) -> None:
+        """Settle a job whose own task was cancelled from outside (a host framework
+        tearing the agent down, e.g. Prefect cancelling the agent's flow run): with
+        `requeue`, stop its run and requeue the item to resume; otherwise leave the run
+        going, held by this agent, for its next start to re-attach. Plain asyncio only."""
+        if self.outcome is not None or self.submitted is None or not requeue:
+            return
+        if not self.lease.run_id:
+            return  # not acked: the lease returns the item
+        try:
+            self.cancel(REQUEUE)
+            await self._cancel_run(REQUEUE)
+            outcome = await self._decide(await self.submitted.wait())
+            self._end(outcome)
+            await self._settle()
+            log.info("item %s (run %s): %s", self.item_id, self.run_id, outcome.describe())
+        except Exception as exc:
+            log.error("item %s: could not requeue it while stopping: %s", self.item_id, exc)
+
     async def stop_copy(self) -> bool:
         """For an item taken from this agent while it was lost: stop the copy of its job
         that still runs here, if there is one. Returns whether there was."""
@@ -399,7 +418,9 @@ class Job:
         preempted = status.state is RunState.PREEMPTED or (
             reason is None and code in self._support.config.preempt_exit_codes
         )
-        if preempted or reason == REQUEUE:
+        if reason == REQUEUE:
+            return await self._preempted(code, "the agent stopped and handed its jobs back")
+        if preempted:
             return await self._preempted(code, status.reason or f"exit code {code}")
         if status.state is RunState.STOPPED or reason == STOP:
             return Outcome(OutcomeKind.STOPPED, message or "stopped on request", None, code)

@@ -102,6 +102,7 @@ async def run_agent(config: AgentConfig, on_cancel: OnCancel, status_seconds: fl
     try:
         hooks = PrefectHooks()
         agent = LaunchAgent(api, config, hooks)
+        agent.requeue_on_cancel = on_cancel == "requeue"
         log.info(
             "agent %s started: queues %s, max_jobs %s, jobs in %s",
             agent.name(),
