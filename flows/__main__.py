@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from prefect import State
 
 from flows.agent_flow import drain, launch_agent
+from flows.cancel import deliver_sigterm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +57,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config_file": args.config,
         "on_cancel": args.on_cancel,
     }
-    state: State[Any] = asyncio.run(_run(args.drain, args.stop_after_jobs, common))
-    return 0 if state.is_completed() or state.is_cancelled() else 1
+    state = _run_in_worker_thread(args.drain, args.stop_after_jobs, common)
+    return 0 if state is not None and (state.is_completed() or state.is_cancelled()) else 1
+
+
+def _run_in_worker_thread(
+    drain_only: bool, stop_after_jobs: int | None, common: dict[str, Any]
+) -> State[Any] | None:
+    """Run the flow in a worker thread, so that SIGTERM and Ctrl-C stay with the main
+    thread (flows.cancel.deliver_sigterm) rather than with Prefect's engine, which would
+    otherwise crash the run and leave its jobs to the next start."""
+    result: list[State[Any]] = []
+
+    def body() -> None:
+        result.append(asyncio.run(_run(drain_only, stop_after_jobs, common)))
+
+    worker = threading.Thread(target=body, name="launch-agent-flow")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: deliver_sigterm())
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)  # wakes for signals: their handlers run in this thread
+    return result[0] if result else None
 
 
 async def _run(drain_only: bool, stop_after_jobs: int | None, common: dict[str, Any]) -> Any:

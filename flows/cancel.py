@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
+from typing import Any
 from uuid import UUID
 
 from prefect import get_client
@@ -59,19 +60,45 @@ async def watching_for_cancel(
                 await watcher
 
 
+_sigterm_receivers: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+
+
+_sigterm_pending = threading.Event()
+
+
+def deliver_sigterm() -> None:
+    """Hand a SIGTERM to every agent running in this process, on its own loop (safe
+    from a signal handler and from any thread). One that arrives before the agent is up
+    is kept, and stops it as soon as it starts."""
+    _sigterm_pending.set()
+    for loop, receiver in list(_sigterm_receivers):
+        with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+            loop.call_soon_threadsafe(receiver)
+
+
 @contextlib.contextmanager
 def sigterm_stops(on_sigterm: Callable[[], None]) -> Iterator[None]:
-    """While inside, SIGTERM calls `on_sigterm` (on the loop) instead of killing the run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
+    """While inside, SIGTERM calls `on_sigterm` (on the loop) instead of killing the run.
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(on_sigterm)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    Prefect's engine arms its own SIGTERM handler in the main thread for every flow and
+    subflow run, which would override this one while any job runs. So `launch-agent-flow`
+    runs the flow in a worker thread (where Prefect arms nothing) and keeps the main
+    thread's handler, which reaches the agent through `deliver_sigterm`."""
+    entry = (asyncio.get_running_loop(), on_sigterm)
+    _sigterm_receivers.append(entry)
+    if _sigterm_pending.is_set():
+        entry[0].call_soon(on_sigterm)
+    previous: Any = None
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _sigterm_receivers.remove(entry)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    deliver_sigterm()
