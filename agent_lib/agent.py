@@ -33,6 +33,7 @@ from agent_lib.backends.base import (
     Lease,
     ReapingBackend,
     RecoveringBackend,
+    RenewingBackend,
     StoppingBackend,
 )
 from agent_lib.config import AgentConfig
@@ -297,6 +298,16 @@ class LaunchAgent:
         threading.Thread(target=watch, name="launch-agent-wakeup", daemon=True).start()
         return done
 
+    async def _renew_leases(self) -> None:
+        """Keep the leases of jobs not yet acked (their first steps may wait on a slow
+        host framework, e.g. a Prefect server) from expiring while this agent lives."""
+        api = self._api
+        if not isinstance(api, RenewingBackend):
+            return
+        pending = [job.lease for job in self._jobs.values() if job.lease.run_id is None]
+        if pending:
+            await self._support.call(api.renew_leases, pending)
+
     async def _check_stop_requests(self) -> None:
         """Stop, at once, the jobs someone asked to stop (`launch-agent cancel`, the Prefect
         UI): looked for every `stop_check_interval` while jobs run, and at once when a
@@ -370,6 +381,7 @@ class LaunchAgent:
                 self.stop(reason="stopPolling was set on the agent's record")
                 return
             await self._support.call(self._api.heartbeat, self._id)
+            await self._renew_leases()
             await self._stop_taken()
             if isinstance(self._api, ReapingBackend):
                 await self._support.call(self._api.reap_lost_agents)

@@ -256,6 +256,13 @@ class StoppingBackend(Protocol):
 
 
 @runtime_checkable
+class RenewingBackend(Protocol):
+    """A backend whose leases the holder can extend while it prepares an item."""
+
+    def renew_leases(self, leases: list[Lease]) -> int: ...
+
+
+@runtime_checkable
 class ReapingBackend(Protocol):
     """A backend where live agents settle the items of agents whose heartbeat stopped."""
 

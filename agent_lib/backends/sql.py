@@ -413,6 +413,24 @@ class SqlBackend:
         return [_lease_of(row, agent_id, generation) for row in rows]
 
     @_retried
+    def renew_leases(self, leases: list[Lease]) -> int:
+        """Extend the leases of items still being prepared (validated, not yet acked), so a
+        slow step (a Prefect server that is slow to record a job) never lets one expire
+        while its agent lives. Returns how many were renewed."""
+        if not leases:
+            return 0
+        now = time.time()
+        renewed = 0
+        with self._tx() as conn:
+            for lease in leases:
+                renewed += conn.execute(
+                    update(items)
+                    .where(_held_by(lease), items.c.state == ItemState.LEASED.value)
+                    .values(lease_expires_at=now + self.lease_seconds)
+                ).rowcount
+        return renewed
+
+    @_retried
     def taken_items(self, agent_id: str) -> list[Lease]:
         """Items requeued elsewhere while this agent was lost, whose jobs it may still run."""
         with self._read() as conn:
