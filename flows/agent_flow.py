@@ -20,8 +20,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
 from agent_lib import AgentConfig, LaunchAgent, open_backend
+from agent_lib.job import STOP
 from flows.artifacts import status_artifact, status_key, status_markdown
-from flows.cancel import sigterm_stops, watching_for_cancel
+from flows.cancel import sigterm_stops, watching_for_cancel, watching_job_cancels
 from flows.hooks import PrefectHooks
 from flows.logs import route_agent_logs
 
@@ -80,6 +81,11 @@ async def prefect_watch(
     def sigterm() -> None:
         agent.stop(requeue=requeue, reason=f"SIGTERM (on_cancel={on_cancel})")
 
+    def cancel_job(item_id: str, run_name: str) -> None:
+        job = hooks.running.get(item_id)
+        if job is not None:
+            job.cancel(STOP, f"stopped from Prefect (its run {run_name!r} was cancelled)")
+
     def render() -> str:
         state = f"stopping: {agent.stop_reason}" if agent.stopping else "polling"
         running = list(hooks.running.values())
@@ -90,6 +96,7 @@ async def prefect_watch(
     with sigterm_stops(sigterm):
         async with (
             watching_for_cancel(run_id, cancel, CANCEL_CHECK_SECONDS),
+            watching_job_cancels(run_id, lambda: bool(hooks.running), cancel_job, 1.0),
             status_artifact(status_key(agent.name()), render, status_seconds),
         ):
             yield seen

@@ -21,6 +21,13 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 
 log = logging.getLogger("agent_lib.flows")
 
@@ -51,6 +58,51 @@ async def watching_for_cancel(
                 log.debug("could not read the agent's flow run state: %s", exc)
 
     watcher = asyncio.create_task(watch()) if flow_run_id is not None else None
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def cancelling_job_items(agent_run_id: UUID) -> list[tuple[str, str]]:
+    """(item id, run name) of the agent's job subflow runs someone asked to cancel."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[agent_run_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING])),
+            ),
+            limit=200,
+        )
+    return [(str(r.parameters.get("item_id")), r.name) for r in runs]
+
+
+@contextlib.asynccontextmanager
+async def watching_job_cancels(
+    agent_run_id: UUID | None,
+    jobs_running: Callable[[], bool],
+    on_cancel: Callable[[str, str], None],
+    every: float,
+) -> AsyncIterator[None]:
+    """Call `on_cancel(item_id, run_name)` for each job subflow run turned CANCELLING (the
+    UI's Cancel button on one job), checked every `every` s while jobs run."""
+
+    async def watch() -> None:
+        assert agent_run_id is not None
+        while True:
+            await asyncio.sleep(every)
+            if not jobs_running():
+                continue
+            try:
+                for item_id, name in await cancelling_job_items(agent_run_id):
+                    on_cancel(item_id, name)
+            except Exception as exc:
+                log.debug("could not read the job runs' states: %s", exc)
+
+    watcher = asyncio.create_task(watch()) if agent_run_id is not None else None
     try:
         yield
     finally:
