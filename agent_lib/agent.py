@@ -149,6 +149,12 @@ class LaunchAgent:
         return self._id
 
     @property
+    def identity_name(self) -> str:
+        """This agent's stable name on this host (agent_lib.identity), whatever name the
+        backend gives it (W&B names a new agent at each start)."""
+        return self._identity.name
+
+    @property
     def generation(self) -> int:
         """This start's fencing token: one more than the same agent's previous start."""
         return self._generation

@@ -129,6 +129,7 @@ class Job:
         self.settled = False
         self.started_at = time.monotonic()
         self.ended_at: float | None = None
+        self.ended_wall: float | None = None
         self._cancel_reason: str | None = None
         self._stop_message: str | None = None
         self._cancel_asked = asyncio.Event()
@@ -151,6 +152,16 @@ class Job:
     @property
     def elapsed(self) -> float:
         return (self.ended_at or time.monotonic()) - self.started_at
+
+    @property
+    def ran_for(self) -> float | None:
+        """How long the job itself ran: from its launch to its end (or now); None if it
+        never launched. Unlike `elapsed`, it leaves out waiting on the agent or Prefect."""
+        start = self.launched_at
+        if start is None:
+            return None
+        end = self.ended_wall or time.time()
+        return max(0.0, end - start)
 
     @property
     def requeue_on_stop(self) -> bool:
@@ -242,6 +253,7 @@ class Job:
     def _end(self, outcome: Outcome) -> Outcome:
         self.outcome = outcome
         self.ended_at = time.monotonic()
+        self.ended_wall = time.time()
         return outcome
 
     # -- the steps --
@@ -361,11 +373,14 @@ class Job:
         limit = self.spec.max_runtime or self._support.config.max_runtime
         if not limit:
             return None
-        launched = self._launched_at()
+        launched = self.launched_at
         ran_for = max(0.0, time.time() - launched) if launched is not None else 0.0
         return time.monotonic() + limit - ran_for
 
-    def _launched_at(self) -> float | None:
+    @property
+    def launched_at(self) -> float | None:
+        """When the job was launched (wall clock), also across an agent restart; None
+        if it never was."""
         try:
             data = json.loads((self.job_dir / LAUNCH_RECORD).read_text())
         except (OSError, ValueError):
@@ -457,8 +472,10 @@ class Job:
         message = redact(str(exc) or type(exc).__name__)
         if phase is Phase.RUN and self.submitted is not None:
             tail = await self._log_tail()
+        elif isinstance(exc, LaunchError):
+            tail = f"{message}\n"  # the job's own error: its message says it all
         else:
-            tail = "".join(traceback.format_exception(exc))
+            tail = "".join(traceback.format_exception(exc))  # the agent's: keep the trace
         if not isinstance(exc, LaunchError):
             log.error("item %s: %s", self.item_id, tail.rstrip())
         code = self.status.exit_code if self.status else None

@@ -97,7 +97,7 @@ async def prefect_watch(
         async with (
             watching_for_cancel(run_id, cancel, CANCEL_CHECK_SECONDS),
             watching_job_cancels(run_id, lambda: bool(hooks.running), cancel_job, 1.0),
-            status_artifact(status_key(agent.name()), render, status_seconds),
+            status_artifact(status_key(agent.identity_name), render, status_seconds),
         ):
             yield seen
 

@@ -1,7 +1,9 @@
 """Artifacts a person reads at a glance: one per job, and the agent's live status.
 
 The job artifact is attached to the job's subflow run (no key: thousands of jobs would
-otherwise crowd the artifact catalog). The status artifact has a fixed key, so the UI's
+otherwise crowd the artifact catalog). It shows how the job ended, how long it ran (from its
+launch to its end, not the time spent in the queue or waiting for Prefect) and the last
+lines of its output. The status artifact has a fixed key, so the UI's
 Artifacts page always shows its latest version; a new version is written only when the
 status changed, and at most every `every` seconds.
 """
@@ -19,8 +21,13 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from agent_lib.job import Job, OutcomeKind
 from agent_lib.redact import redact
+from agent_lib.runners.base import read_log_tail
+from agent_lib.states import Phase
 
 log = logging.getLogger(__name__)
+
+TAIL_LINES = 20
+TRACEBACK = "Traceback (most recent call last)"
 
 
 def _cell(value: object) -> str:
@@ -37,10 +44,35 @@ def job_state(job: Job) -> str:
     return "Cancelled"
 
 
+def output_tail(job: Job, lines: int = TAIL_LINES) -> str:
+    """The end of the job's output: the failure's recorded tail, else its output file's.
+
+    Never the agent's traceback (what a failure before the launch records as its tail)."""
+    outcome = job.outcome
+    recorded = outcome.log_tail if outcome is not None and outcome.phase is Phase.RUN else ""
+    if recorded and not recorded.lstrip().startswith(TRACEBACK):
+        return redact("\n".join(recorded.rstrip("\n").splitlines()[-lines:]))
+    if job.launched_at is None:
+        return ""
+    try:
+        return redact(read_log_tail(job.log_path, lines).rstrip("\n"))
+    except OSError:
+        return ""
+
+
+def _fenced(text: str) -> str:
+    """`text` as a code block whose fence no line of it can close."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def job_markdown(job: Job) -> str:
-    """A small table: item, what ran, exit code, duration, and why it failed."""
+    """A small table (item, what ran, exit code, duration, why it failed), then the end
+    of the job's output."""
     outcome = job.outcome
     code = outcome.exit_code if outcome else None
+    duration = job.ran_for
     rows: list[tuple[str, object]] = [
         ("outcome", outcome.describe() if outcome else "unknown"),
         ("item", job.item_id),
@@ -49,12 +81,21 @@ def job_markdown(job: Job) -> str:
         ("resource", job.resource or "-"),
         ("image / command", job.description or "-"),
         ("exit code", code if code is not None else "-"),
-        ("duration", f"{job.elapsed:.1f} s"),
+        ("duration", f"{duration:.1f} s" if duration is not None else "- (not launched)"),
     ]
     if outcome is not None and outcome.phase:
         rows.append(("failed in phase", outcome.phase))
-    rows.append(("output", str(job.log_path)))
+    rows.append(("output file (on the agent's host)", str(job.log_path)))
     lines = ["| | |", "|---|---|", *(f"| **{k}** | {_cell(v)} |" for k, v in rows)]
+    tail = output_tail(job)
+    if tail:
+        shown = tail.splitlines()
+        title = f"Last {len(shown)} lines of the job's output (stdout and stderr together)"
+        lines += ["", f"**{title}**", "", _fenced(tail)]
+    elif duration is None:
+        lines += ["", "_No output: the job was not launched._"]
+    else:
+        lines += ["", "_The job wrote no output._"]
     return "\n".join(lines)
 
 

@@ -18,9 +18,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from prefect import tags
+
 from agent_lib.hooks import AgentHooks
 from agent_lib.job import Job
-from flows.job_flow import JobBody, JobCall, current_job, name_job_run, task_run_job
+from flows.job_flow import (
+    JobBody,
+    JobCall,
+    current_job,
+    job_tags,
+    name_job_run,
+    spec_parameter,
+    task_run_job,
+)
 from flows.steps import step_task
 
 T = TypeVar("T")
@@ -58,7 +68,8 @@ class PrefectHooks(AgentHooks):
         call = JobCall(job, body)
         token = current_job.set(call)
         try:
-            await task_run_job(job.queue, job.item_id, return_state=True)
+            with tags(*job_tags(job)):  # queue and agent now; resource, project once validated
+                await task_run_job(job.queue, job.item_id, spec_parameter(job), return_state=True)
         except Exception as exc:
             if call.started:
                 self._prefect_failed(job, "after the job started", exc)

@@ -3,7 +3,13 @@
 agent_lib logs through `logging` under "agent_lib"; attaching Prefect's API handler to
 that logger (what PREFECT_LOGGING_EXTRA_LOGGERS=agent_lib does at start-up) sends each
 record to the flow or task run it was emitted in. A job's output file is tailed into
-its subflow run's logs while it runs, up to a cap so one chatty job cannot flood the API.
+its subflow run's logs while it runs, up to a cap so one chatty job cannot flood the API:
+each line as `| <line>`. The local-process runner writes stdout and stderr to one file,
+interleaved as written, so the two are not told apart here.
+
+A step that fails because the *job* failed (a bad spec, a failed build, a lease lost before
+the ack) is not an agent error: Prefect's record of it keeps its one line but loses the
+agent's traceback, so the job's own ERROR line (phase, message, exit code) leads.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,13 @@ from typing import Any
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
+from agent_lib.errors import LaunchError, LeaseLostError
+from agent_lib.hooks import is_transient
+from agent_lib.runners.base import read_log_tail
+
 AGENT_LOGGER = "agent_lib"
+TASK_RUN_LOGGER = "prefect.task_runs"
+OUTPUT_NOTE = "stdout and stderr together"
 MAX_STREAMED_LINES = 1000
 TAIL_LINES_AFTER_CAP = 20
 POLL_SECONDS = 1.0
@@ -49,6 +62,67 @@ def route_agent_logs() -> None:
         target.addHandler(RunLogHandler())
     if target.level == logging.NOTSET or target.level > logging.INFO:
         target.setLevel(logging.INFO)
+    quiet_job_failures()
+
+
+def is_job_failure(exc: BaseException | None) -> bool:
+    """Whether a step's exception is the job's own failure, not the agent's (or Prefect's)."""
+    if isinstance(exc, LeaseLostError):
+        return True
+    return isinstance(exc, LaunchError) and not is_transient(exc)
+
+
+class JobFailureFilter(logging.Filter):
+    """On Prefect's task-run logger: a step that failed with the job's own failure is
+    logged at WARNING and without the traceback: Prefect's "Task run failed with exception"
+    (which carries the exception) and the step's "Finished in state Failed(...)" (which
+    names it, and is the only record when the step had retries left). Anything else passes
+    as is: an agent error keeps its traceback and its ERROR level.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("launch-agent job failures")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            if is_job_failure(exc):
+                record.exc_info = None
+                record.exc_text = None
+                _demote(record)
+        elif _names_job_failure(str(record.msg)):
+            _demote(record)
+        return True
+
+
+_FAILED_WITH = re.compile(r"^Finished in state Failed\(.*encountered an exception (\w+):")
+
+
+def _names_job_failure(message: str) -> bool:
+    found = _FAILED_WITH.match(message)
+    return found is not None and found.group(1) in _job_failure_names()
+
+
+def _job_failure_names() -> set[str]:
+    names = {LeaseLostError.__name__}
+    pending: list[type[BaseException]] = [LaunchError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return names
+
+
+def _demote(record: logging.LogRecord) -> None:
+    if record.levelno > logging.WARNING:
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+
+
+def quiet_job_failures() -> None:
+    """Install `JobFailureFilter` on Prefect's task-run logger (once)."""
+    target = logging.getLogger(TASK_RUN_LOGGER)
+    if not any(isinstance(f, JobFailureFilter) for f in target.filters):
+        target.addFilter(JobFailureFilter())
 
 
 class OutputStreamer:
@@ -100,12 +174,12 @@ class OutputStreamer:
 
     def _log_tail(self) -> None:
         try:
-            lines = self._path_of().read_bytes().splitlines()[-TAIL_LINES_AFTER_CAP:]
+            lines = read_log_tail(self._path_of(), TAIL_LINES_AFTER_CAP).splitlines()
         except OSError:
             return
-        self._logger.info("| ... last %d lines:", len(lines))
+        self._logger.info("| ... last %d lines of the job's output (%s):", len(lines), OUTPUT_NOTE)
         for line in lines:
-            self._logger.info("| %s", line.decode("utf-8", "replace"))
+            self._logger.info("| %s", line.rstrip("\r"))
 
 
 @contextlib.asynccontextmanager

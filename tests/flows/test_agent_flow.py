@@ -79,11 +79,11 @@ def test_each_item_is_a_linked_subflow_whose_steps_are_task_runs(
     failed = by_item[bad]
     assert failed.state is not None and failed.state.is_failed()
     assert failed.state.message == "failed in phase run: the job exited with code 3"
-    tasks = {t.name: t for t in asyncio.run(task_runs_of(failed.id))}
-    assert sorted(tasks) == sorted([*STEPS, "report failure"])
-    assert tasks["wait"].state is not None and tasks["wait"].state.is_completed()
-    assert tasks["wait"].run_count == 1, "a user's failing job is never retried"
-    assert tasks["report failure"].run_count == 1  # fail_run_queue_item: once
+    steps = {t.name: t for t in asyncio.run(task_runs_of(failed.id))}
+    assert sorted(steps) == sorted([*STEPS, "report failure"])
+    assert steps["wait"].state is not None and steps["wait"].state.is_completed()
+    assert steps["wait"].run_count == 1, "a user's failing job is never retried"
+    assert steps["report failure"].run_count == 1  # fail_run_queue_item: once
     info = backend.get_item(bad)
     assert info is not None and info.state is ItemState.FAILED
     assert info.failure_phase == "run"
