@@ -480,3 +480,19 @@ def test_a_zombie_supervisor_counts_as_dead(tmp_path: Path) -> None:
         assert asyncio.run(found.get_status()).reason == SUPERVISOR_DIED
     finally:
         zombie.wait()
+
+
+def test_stderr_lines_are_marked_in_the_log(tmp_path: Path) -> None:
+    context = make_context(
+        tmp_path / "job", ["sh", "-c", "echo out; echo err >&2; printf partial >&2; exit 2"]
+    )
+
+    async def scenario() -> str:
+        run = await LocalProcessRunner().run(context)
+        assert (await asyncio.wait_for(run.wait(), TIMEOUT)).exit_code == 2
+        return await run.get_logs()
+
+    logged = asyncio.run(scenario())
+    assert "out\n" in logged
+    assert "[stderr] err\n" in logged and "[stderr] partial\n" in logged
+    assert "[stderr] out" not in logged

@@ -26,7 +26,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import BinaryIO
 
 FOLDER = "supervisor"
 CLAIM = "claim.json"
@@ -34,6 +36,11 @@ CHILD = "child.json"
 EXIT = "exit.json"
 CANCEL = "cancel"
 LOG = "supervisor.log"
+
+STDERR_MARKER = b"[stderr] "
+# How long the end waits for the job's last stderr lines (a child it left behind may hold
+# the pipe open for longer: its lines still reach the log, after the end is recorded).
+STDERR_DRAIN_SECONDS = 2.0
 
 CLAIMED_BY_OTHER_EXIT = 3  # another supervisor holds the job: nothing was started
 USAGE_EXIT = 2
@@ -79,6 +86,7 @@ class Supervisor:
         self.log = log
         self.argv = argv
         self.child: subprocess.Popen[bytes] | None = None
+        self.stderr_copier: threading.Thread | None = None
         self.terminated = False
 
     def main(self) -> int:
@@ -101,6 +109,8 @@ class Supervisor:
         assert self.child is not None
         _handshake(f"started {self.child.pid}")
         code = self._wait()
+        if self.stderr_copier is not None:  # the tail must be whole when the end is recorded
+            self.stderr_copier.join(STDERR_DRAIN_SECONDS)
         self._record({"exit_code": code, "terminated": self.terminated})
         return 0
 
@@ -145,7 +155,7 @@ class Supervisor:
                     cwd=self.cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=subprocess.STDOUT,
+                    stderr=subprocess.PIPE,
                     process_group=0,
                     preexec_fn=die_with_supervisor,
                 )
@@ -162,6 +172,11 @@ class Supervisor:
         except OSError as exc:
             return f"could not start {self.argv[0]!r}: {exc}"
         pid = self.child.pid
+        assert self.child.stderr is not None
+        self.stderr_copier = threading.Thread(
+            target=_copy_marked, args=(self.child.stderr, self.log), daemon=True
+        )
+        self.stderr_copier.start()
         write_json(
             os.path.join(self.folder, CHILD),
             {"pid": pid, "start_ticks": start_ticks(pid), "started_at": time.time()},
@@ -195,6 +210,18 @@ class Supervisor:
         self.terminated = True
         if self.child is not None and self.child.returncode is None:
             _killpg(self.child.pid, signal.SIGTERM)
+
+
+def _copy_marked(stream: BinaryIO, log: str) -> None:
+    """Copy the job's stderr into its log, each line marked, one write a line (O_APPEND),
+    so a person (and the Prefect logs) can tell it from stdout."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for line in iter(stream.readline, b""):
+            os.write(fd, STDERR_MARKER + (line if line.endswith(b"\n") else line + b"\n"))
+    finally:
+        os.close(fd)
+        stream.close()
 
 
 def _ignore(signum: int, frame: object) -> None:
