@@ -23,6 +23,7 @@ from agent_lib.job import Job, OutcomeKind
 from agent_lib.redact import redact
 from agent_lib.runners.base import read_log_tail
 from agent_lib.states import Phase
+from flows.logs import OUTPUT_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def job_markdown(job: Job) -> str:
     tail = output_tail(job)
     if tail:
         shown = tail.splitlines()
-        title = f"Last {len(shown)} lines of the job's output (stdout and stderr together)"
+        title = f"Last {len(shown)} lines of the job's output ({OUTPUT_NOTE})"
         lines += ["", f"**{title}**", "", _fenced(tail)]
     elif duration is None:
         lines += ["", "_No output: the job was not launched._"]

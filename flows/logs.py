@@ -31,7 +31,7 @@ from agent_lib.runners.base import read_log_tail
 
 AGENT_LOGGER = "agent_lib"
 TASK_RUN_LOGGER = "prefect.task_runs"
-OUTPUT_NOTE = "stdout and stderr together"
+OUTPUT_NOTE = "stderr lines marked [stderr]"
 MAX_STREAMED_LINES = 1000
 TAIL_LINES_AFTER_CAP = 20
 POLL_SECONDS = 1.0
