@@ -115,9 +115,9 @@ def test_a_failed_job_says_phase_message_and_exit_code(drained: Drained) -> None
     first, *tail_block = errors[0].splitlines()
     assert first == "failed in phase run: the job exited with code 3", errors[0]
     label = "last 2 lines of the job's output (stderr lines marked [stderr]):"
-    assert tail_block == [label, "| to stdout", "| to stderr"], errors[0]
+    assert tail_block == [label, "| to stdout", "| [stderr] to stderr"], errors[0]
     streamed = [log.message for log in logs if log.message.startswith("| ")]
-    assert streamed == ["| to stdout", "| to stderr"], "each output line, once, as '| <line>'"
+    assert streamed == ["| to stdout", "| [stderr] to stderr"], "each output line, once, as '| <line>'"
 
 
 def test_a_job_that_merely_failed_shows_no_traceback(drained: Drained) -> None:
@@ -145,7 +145,7 @@ def test_the_job_artifact_shows_the_log_tail_and_how_long_the_job_ran(drained: D
     (failed,) = asyncio.run(artifacts_of(drained.runs["failed"].id))
     text = str(failed.data)
     assert "Last 2 lines of the job's output (stderr lines marked [stderr])" in text, text
-    assert "```text\nto stdout\nto stderr\n```" in text, text
+    assert "```text\nto stdout\n[stderr] to stderr\n```" in text, text
     assert "exit code** | 3" in text
     duration = _duration(text)
     assert 0.0 <= duration < 10.0, "from the job's launch to its end, not the agent's wait"
