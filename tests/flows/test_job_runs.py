@@ -117,7 +117,9 @@ def test_a_failed_job_says_phase_message_and_exit_code(drained: Drained) -> None
     label = "last 2 lines of the job's output (stderr lines marked [stderr]):"
     assert tail_block == [label, "| to stdout", "| [stderr] to stderr"], errors[0]
     streamed = [log.message for log in logs if log.message.startswith("| ")]
-    assert streamed == ["| to stdout", "| [stderr] to stderr"], "each output line, once, as '| <line>'"
+    assert streamed == ["| to stdout", "| [stderr] to stderr"], (
+        "each output line, once, as '| <line>'"
+    )
 
 
 def test_a_job_that_merely_failed_shows_no_traceback(drained: Drained) -> None:
