@@ -2,18 +2,38 @@
 
     python -m deployments.serve --queues default --max-jobs 4
 
-Two deployments, both overridable from the command line (and their parameters per run
-in the UI):
-- `launch-agent/agent`: the long-lived agent. An interval schedule tries to start it
-  every `--restart-every` seconds; a deployment concurrency limit of 1 with the CANCEL_NEW
-  collision strategy drops the new run while one is running, so Prefect keeps exactly one
-  agent alive (and restarts it after a crash or a hand-over).
-- `drain/drain`: on a cron schedule, pops until the queues are empty, waits, exits.
+Three deployments, overridable from the command line (and their parameters per run in
+the UI):
+- `launch-agent/agent`: the long-lived agent. A deployment concurrency limit of 1
+  (CANCEL_NEW) makes a second run end Cancelled instead of starting a second agent.
+  There is no polling schedule by default. What keeps exactly one agent alive:
+  * at start, this process starts an agent run unless one is scheduled, pending or
+    running (not with `--restart-every`, whose schedule starts it; nor `--no-start`);
+  * its runs send heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s unless set), and an
+    automation sets a run that stopped sending them for `--crash-after` seconds (its
+    process was killed, its machine lost) to Crashed, which frees the concurrency slot at
+    once rather than when Prefect's slot lease expires (about 5.5 min);
+  * a second automation starts a new agent run when one ends Completed (a hand-over,
+    stop_after_jobs / stop_after_hours) or Crashed; not Failed (a restart loop) nor
+    Cancelled (how a person stops the agent).
+  The automations are created or updated at each start (see deployments/automations.py).
+  Trade-off: the old shape, an interval schedule every 5 minutes, added a Cancelled run
+  at every tick while the agent ran (288 a day) and needed nothing but the scheduler; the
+  new one adds no run but relies on the server's triggers service (on by default,
+  PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED). `--restart-every SECONDS` brings back a
+  safety-net interval schedule (one Cancelled run per tick while an agent runs), e.g.
+  86400 for one a day. ENQUEUE instead of CANCEL_NEW is no answer: the queued runs pile
+  up behind the one that never ends.
+- `drain/drain`: on a cron schedule, pops until the queues are empty, waits, exits
+  (watched for crashes too).
+- `submit/submit`: no schedule; run it from the UI (Run -> Custom run) to push one job.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 from typing import Any, cast
 
 from prefect import serve
@@ -21,12 +41,14 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval
 
-from flows import drain, launch_agent
+from deployments.automations import DEFAULT_CRASH_AFTER, HEARTBEAT_SECONDS, setup
+from flows import drain, launch_agent, submit
 
 AGENT_DEPLOYMENT = "agent"
 DRAIN_DEPLOYMENT = "drain"
-DEFAULT_RESTART_EVERY = 300.0
+SUBMIT_DEPLOYMENT = "submit"
 DEFAULT_DRAIN_CRON = "0 * * * *"
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
 )
@@ -34,11 +56,11 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 
 def build_deployments(
     parameters: dict[str, Any] | None = None,
-    restart_every: float = DEFAULT_RESTART_EVERY,
+    restart_every: float | None = None,
     drain_cron: str = DEFAULT_DRAIN_CRON,
     timezone: str = "UTC",
 ) -> list[RunnerDeployment]:
-    """The agent and drain deployments, with their schedules and concurrency limits.
+    """The agent, drain and submit deployments, with their schedules and limits.
 
     Call it from synchronous code: Prefect's `to_deployment` returns a coroutine when
     called inside a running event loop.
@@ -47,12 +69,16 @@ def build_deployments(
     drain_params = {
         k: v for k, v in params.items() if k not in ("stop_after_jobs", "stop_after_hours")
     }
+    submit_params = {k: v for k, v in params.items() if k in ("backend_url", "config_file")}
     agent = launch_agent.to_deployment(
         name=AGENT_DEPLOYMENT,
         parameters=params,
-        schedule=Interval(restart_every),
+        schedule=Interval(restart_every) if restart_every else None,
         concurrency_limit=ONE_AT_A_TIME,
-        description="The long-lived launch agent; the schedule restarts it if it is not running.",
+        description=(
+            "The long-lived launch agent: one at a time; restarted after a hand-over or a "
+            "crash by the `launch-agent/agent: restart` automation."
+        ),
         tags=["launch-agent"],
     )
     drainer = drain.to_deployment(
@@ -63,7 +89,17 @@ def build_deployments(
         description="Empties the queues on a cron schedule, then exits.",
         tags=["launch-agent"],
     )
-    return [cast(RunnerDeployment, agent), cast(RunnerDeployment, drainer)]
+    submitter = submit.to_deployment(
+        name=SUBMIT_DEPLOYMENT,
+        parameters=submit_params,
+        description="Pushes one job to a launch queue: Run -> Custom run, fill in the job.",
+        tags=["launch-agent"],
+    )
+    return [cast(RunnerDeployment, d) for d in (agent, drainer, submitter)]
+
+
+def full_name(deployment: RunnerDeployment) -> str:
+    return f"{deployment.flow_name}/{deployment.name}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,8 +116,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--restart-every",
         type=float,
-        default=DEFAULT_RESTART_EVERY,
-        help="seconds between attempts to (re)start the agent (default 300)",
+        default=None,
+        help="also try to (re)start the agent every this many seconds (default: never; "
+        "each try while an agent runs ends Cancelled)",
+    )
+    parser.add_argument(
+        "--crash-after",
+        type=float,
+        default=DEFAULT_CRASH_AFTER,
+        help="seconds without a heartbeat before an agent or drain run is set to Crashed "
+        f"(default {DEFAULT_CRASH_AFTER:.0f}; keep it well above the heartbeat period)",
+    )
+    parser.add_argument(
+        "--no-start",
+        action="store_true",
+        help="don't start an agent run at start (implied by --restart-every)",
     )
     parser.add_argument(
         "--drain-cron",
@@ -103,7 +152,18 @@ def main(argv: list[str] | None = None) -> None:
         "stop_after_jobs": args.stop_after_jobs,
         "stop_after_hours": args.stop_after_hours,
     }
-    serve(*build_deployments(parameters, args.restart_every, args.drain_cron, args.timezone))
+    # The flow runs are this process's children: they heartbeat at this period (Prefect's
+    # minimum is 30 s, its default 180 s), which the crash automation watches.
+    os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
+    deployments = build_deployments(parameters, args.restart_every, args.drain_cron, args.timezone)
+    for deployment in deployments:
+        deployment.apply()
+    agent, drainer, _ = deployments
+    # With --restart-every the schedule starts the agent; starting one here as well would
+    # only add a run that ends Cancelled.
+    start = not args.no_start and not args.restart_every
+    asyncio.run(setup(full_name(agent), [full_name(drainer)], args.crash_after, start=start))
+    serve(*deployments)
 
 
 if __name__ == "__main__":

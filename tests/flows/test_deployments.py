@@ -3,37 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import ObjectNotFound
 
 from deployments.serve import build_deployments
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.slow]
 
-# `prefect deploy`, with one work-around: on this machine (Prefect 3.8.8, FastAPI 0.154) the
-# server rejects the explicit `"limit": null` that the CLI's worker lookup sends (422), after
-# the first deployment is created. Sending numbers instead changes nothing else.
+# The real CLI, as a user runs it (the venv's `prefect` script).
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 DEPLOY_FILE = ["--prefect-file", "deployments/prefect.yaml"]
-PREFECT_CLI = """
-import sys
-from prefect.client.orchestration import PrefectClient
-real = PrefectClient.read_workers_for_work_pool
-async def read_workers(self, name, worker_filter=None, offset=None, limit=None):
-    return await real(self, name, worker_filter, offset or 0, limit or 200)
-PrefectClient.read_workers_for_work_pool = read_workers
-from prefect.cli import app
-sys.argv[0] = "prefect"
-sys.exit(app())
-"""
+
+
+DEPLOYMENT_NAMES = ("launch-agent/agent", "drain/drain", "submit/submit")
+
+
+async def delete_deployments() -> None:
+    async with get_client() as client:
+        for name in DEPLOYMENT_NAMES:
+            with contextlib.suppress(ObjectNotFound):
+                deployment = await client.read_deployment_by_name(name)
+                await client.delete_deployment(deployment.id)
+
+
+@pytest.fixture(autouse=True)
+def no_deployment_left(prefect_server: str) -> Iterator[None]:
+    """Other tests create runs of these deployments: leave none with this test's parameters."""
+    yield
+    asyncio.run(delete_deployments())
 
 
 async def read_deployment(name: str) -> DeploymentResponse:
@@ -48,9 +58,22 @@ def assert_one_at_a_time(deployment: DeploymentResponse) -> None:
     assert deployment.concurrency_options.collision_strategy is ConcurrencyLimitStrategy.CANCEL_NEW
 
 
+def prefect_cli(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [PREFECT, *args],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": api_url, "PWD": str(REPO), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}{done.stderr}"
+    return done
+
+
 def test_served_deployments_have_their_schedules_and_limits(prefect_server: str) -> None:
     built = build_deployments(
-        {"queues": ["gpu"], "max_jobs": 2, "stop_after_jobs": 500},
+        {"queues": ["gpu"], "max_jobs": 2, "stop_after_jobs": 500, "backend_url": "sqlite:///q"},
         restart_every=120,
         drain_cron="*/30 * * * *",
     )
@@ -58,41 +81,57 @@ def test_served_deployments_have_their_schedules_and_limits(prefect_server: str)
         deployment.apply()
 
     agent = asyncio.run(read_deployment("launch-agent/agent"))
-    assert agent.parameters == {"queues": ["gpu"], "max_jobs": 2, "stop_after_jobs": 500}
+    assert agent.parameters == {
+        "queues": ["gpu"],
+        "max_jobs": 2,
+        "stop_after_jobs": 500,
+        "backend_url": "sqlite:///q",
+    }
     (schedule,) = agent.schedules
     assert schedule.schedule.interval == timedelta(seconds=120)  # type: ignore[union-attr]
     assert_one_at_a_time(agent)
 
     drainer = asyncio.run(read_deployment("drain/drain"))
-    assert drainer.parameters == {"queues": ["gpu"], "max_jobs": 2}
+    assert drainer.parameters == {"queues": ["gpu"], "max_jobs": 2, "backend_url": "sqlite:///q"}
     (schedule,) = drainer.schedules
     assert schedule.schedule.cron == "*/30 * * * *"  # type: ignore[union-attr]
     assert_one_at_a_time(drainer)
 
+    submitter = asyncio.run(read_deployment("submit/submit"))
+    assert submitter.parameters == {"backend_url": "sqlite:///q"}
+    assert submitter.schedules == []
+    assert submitter.global_concurrency_limit is None
 
-def test_prefect_yaml_deploys_to_a_work_pool(prefect_server: str) -> None:
+
+def test_agent_has_no_polling_schedule_by_default(prefect_server: str) -> None:
+    agent, _, _ = build_deployments({"queues": ["default"]})
+    agent.apply()
+    assert asyncio.run(read_deployment("launch-agent/agent")).schedules == []
+
+
+def test_prefect_yaml_deploys_to_a_work_pool_with_the_real_cli(prefect_server: str) -> None:
     async def create_pool() -> None:
         async with get_client() as client:
-            await client.create_work_pool(WorkPoolCreate(name="launch-agent", type="process"))
+            await client.create_work_pool(
+                WorkPoolCreate(name="launch-agent", type="process"), overwrite=True
+            )
 
     asyncio.run(create_pool())
-    done = subprocess.run(
-        [sys.executable, "-c", PREFECT_CLI, "--no-prompt", "deploy", "--all", *DEPLOY_FILE],
-        cwd=REPO,
-        env={**os.environ, "PREFECT_API_URL": prefect_server, "PWD": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    prefect_cli(prefect_server, "--no-prompt", "deploy", "--all", *DEPLOY_FILE)
+    listed = prefect_cli(prefect_server, "deployment", "ls").stdout
+    for name in ("launch-agent/agent", "drain/drain", "submit/submit"):
+        assert name in listed, listed
 
     agent = asyncio.run(read_deployment("launch-agent/agent"))
     assert agent.work_pool_name == "launch-agent"
     assert agent.parameters["stop_after_hours"] == 24
-    (schedule,) = agent.schedules
-    assert schedule.schedule.interval == timedelta(seconds=300)  # type: ignore[union-attr]
+    assert agent.schedules == []
+    assert agent.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     assert_one_at_a_time(agent)
     drainer = asyncio.run(read_deployment("drain/drain"))
     (schedule,) = drainer.schedules
     assert schedule.schedule.cron == "0 * * * *"  # type: ignore[union-attr]
     assert_one_at_a_time(drainer)
+    submitter = asyncio.run(read_deployment("submit/submit"))
+    assert submitter.entrypoint == "flows/submit.py:submit"
+    assert submitter.work_pool_name == "launch-agent"
