@@ -45,7 +45,7 @@ def serve(
     ]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*command, "--restart-every", "3600"], cwd=REPO, env=env, stdout=out, stderr=out
+            [*command, "--no-start"], cwd=REPO, env=env, stdout=out, stderr=out
         )
 
 
