@@ -44,9 +44,7 @@ def serve(
         db_url,
     ]
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [*command, "--no-start"], cwd=REPO, env=env, stdout=out, stderr=out
-        )
+        return subprocess.Popen([*command, "--no-start"], cwd=REPO, env=env, stdout=out, stderr=out)
 
 
 async def start_agent_run() -> UUID:
