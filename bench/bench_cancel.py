@@ -14,13 +14,11 @@ share.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,17 +27,7 @@ os.environ.setdefault(
 )
 
 from agent_lib.backends import SqlBackend, open_backend
-from bench.common import latency_summary, start_agent
-from tests.backend.pg import fresh_database
-
-
-@contextlib.contextmanager
-def database(kind: str, workdir: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / 'queue.db'}"
-    else:
-        with fresh_database("la_bench_cancel") as url:
-            yield url
+from bench.common import bench_database, latency_summary, start_agent
 
 
 def alive(pid: int) -> bool:
@@ -82,7 +70,10 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, database(args.backend, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bench_database(args.backend, Path(tmp), "la_bench_cancel") as url,
+    ):
         backend: SqlBackend = open_backend(url)  # type: ignore[assignment]
         agent = start_agent(url, Path(tmp) / "agent")
         try:

@@ -13,11 +13,9 @@ wrong or lost outcome, jobs started twice and processes left running. Exits 1 if
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,17 +24,8 @@ os.environ.setdefault(
 )
 
 from agent_lib.backends import SqlBackend, open_backend
-from tests.backend.pg import fresh_database
+from bench.common import bench_database
 from tests.chaos import run_chaos
-
-
-@contextlib.contextmanager
-def database(kind: str, workdir: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / 'queue.db'}"
-    else:
-        with fresh_database("la_bench_chaos") as url:
-            yield url
 
 
 def main() -> int:
@@ -50,7 +39,10 @@ def main() -> int:
     args = parser.parse_args()
     totals = {"items": 0, "kills": 0, "wrong": 0, "twice": 0, "lost": 0, "orphans": 0}
     for run in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp, database(args.backend, Path(tmp)) as url:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            bench_database(args.backend, Path(tmp), "la_bench_chaos") as url,
+        ):
             backend: SqlBackend = open_backend(url)  # type: ignore[assignment]
             try:
                 report = run_chaos(

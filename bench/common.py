@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -39,3 +41,16 @@ def latency_summary(what: str, values: list[float]) -> str:
         f"{what}: median {statistics.median(ms):.1f} ms, p95 {p95:.1f} ms, "
         f"min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (n={len(ms)})"
     )
+
+
+@contextlib.contextmanager
+def bench_database(kind: str, workdir: Path, prefix: str) -> Iterator[str]:
+    """A fresh queue database: a SQLite file in `workdir`, or a PostgreSQL database
+    (LAUNCH_AGENT_TEST_POSTGRES_URL's server) dropped at the end."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'queue.db'}"
+        return
+    from tests.backend.pg import fresh_database
+
+    with fresh_database(prefix) as url:
+        yield url
