@@ -36,9 +36,10 @@ import asyncio
 import os
 from typing import Any, cast
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
+from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron, Interval
 
 from deployments.automations import DEFAULT_CRASH_AFTER, HEARTBEAT_SECONDS, setup
@@ -49,6 +50,11 @@ DRAIN_DEPLOYMENT = "drain"
 SUBMIT_DEPLOYMENT = "submit"
 DEFAULT_DRAIN_CRON = "0 * * * *"
 HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+ENTRYPOINTS = (
+    "flows/agent_flow.py:launch_agent",
+    "flows/agent_flow.py:drain",
+    "flows/submit.py:submit",
+)
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
 )
@@ -59,18 +65,23 @@ def build_deployments(
     restart_every: float | None = None,
     drain_cron: str = DEFAULT_DRAIN_CRON,
     timezone: str = "UTC",
+    source: str | GitRepository | None = None,
 ) -> list[RunnerDeployment]:
     """The agent, drain and submit deployments, with their schedules and limits.
 
-    Call it from synchronous code: Prefect's `to_deployment` returns a coroutine when
-    called inside a running event loop.
+    `source` (a folder or a git repository) is where a worker finds the flows' code; None
+    serves them from this process. Call it from synchronous code: Prefect's
+    `to_deployment` returns a coroutine when called inside a running event loop.
     """
+    agent_flow, drain_flow, submit_flow = (
+        (launch_agent, drain, submit) if source is None else flows_from(source)
+    )
     params = {k: v for k, v in (parameters or {}).items() if v is not None}
     drain_params = {
         k: v for k, v in params.items() if k not in ("stop_after_jobs", "stop_after_hours")
     }
     submit_params = {k: v for k, v in params.items() if k in ("backend_url", "config_file")}
-    agent = launch_agent.to_deployment(
+    agent = agent_flow.to_deployment(
         name=AGENT_DEPLOYMENT,
         parameters=params,
         schedule=Interval(restart_every) if restart_every else None,
@@ -81,7 +92,7 @@ def build_deployments(
         ),
         tags=["launch-agent"],
     )
-    drainer = drain.to_deployment(
+    drainer = drain_flow.to_deployment(
         name=DRAIN_DEPLOYMENT,
         parameters=drain_params,
         schedule=Cron(drain_cron, timezone=timezone),
@@ -89,7 +100,7 @@ def build_deployments(
         description="Empties the queues on a cron schedule, then exits.",
         tags=["launch-agent"],
     )
-    submitter = submit.to_deployment(
+    submitter = submit_flow.to_deployment(
         name=SUBMIT_DEPLOYMENT,
         parameters=submit_params,
         description="Pushes one job to a launch queue: Run -> Custom run, fill in the job.",
@@ -98,14 +109,18 @@ def build_deployments(
     return [cast(RunnerDeployment, d) for d in (agent, drainer, submitter)]
 
 
+def flows_from(source: str | GitRepository) -> tuple[Flow[..., Any], ...]:
+    """The agent, drain and submit flows as a worker loads them from `source`."""
+    # Synchronous here (from_source returns a coroutine only inside a running loop).
+    return tuple(cast(Flow[..., Any], Flow.from_source(source, e)) for e in ENTRYPOINTS)
+
+
 def full_name(deployment: RunnerDeployment) -> str:
     return f"{deployment.flow_name}/{deployment.name}"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m deployments.serve", description=__doc__.split("\n")[0]
-    )
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent's parameters and the schedules and automations, as serve and deploy take them."""
     parser.add_argument("--queues", help="comma-separated queue names (default: from config)")
     parser.add_argument("--max-jobs", type=int, help="jobs at once (-1: unlimited)")
     parser.add_argument("--backend-url", help="sqlite:///PATH or postgresql://...")
@@ -130,7 +145,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-start",
         action="store_true",
-        help="don't start an agent run at start (implied by --restart-every)",
+        help="don't start an agent run now (implied by --restart-every)",
+    )
+    parser.add_argument(
+        "--no-automations",
+        action="store_true",
+        help="don't create or update the crash and restart automations (nor start the agent)",
     )
     parser.add_argument(
         "--drain-cron",
@@ -138,12 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"drain schedule (default {DEFAULT_DRAIN_CRON!r})",
     )
     parser.add_argument("--timezone", default="UTC", help="time zone of the drain cron")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    parameters = {
+def agent_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent flow's parameters from the command line (None: the flow's default)."""
+    return {
         "queues": args.queues.split(",") if args.queues else None,
         "max_jobs": args.max_jobs,
         "backend_url": args.backend_url,
@@ -152,17 +171,38 @@ def main(argv: list[str] | None = None) -> None:
         "stop_after_jobs": args.stop_after_jobs,
         "stop_after_hours": args.stop_after_hours,
     }
+
+
+def set_up_automations(deployments: list[RunnerDeployment], args: argparse.Namespace) -> None:
+    """Crash detection and restart for the agent and drain deployments; start the agent
+    unless asked not to (with --restart-every its schedule starts it: starting one here
+    as well would only add a run that ends Cancelled)."""
+    if args.no_automations:
+        return
+    agent, drainer, _ = deployments
+    start = not args.no_start and not args.restart_every
+    asyncio.run(setup(full_name(agent), [full_name(drainer)], args.crash_after, start=start))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.serve", description=__doc__.split("\n")[0]
+    )
+    add_agent_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     # The flow runs are this process's children: they heartbeat at this period (Prefect's
     # minimum is 30 s, its default 180 s), which the crash automation watches.
     os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
-    deployments = build_deployments(parameters, args.restart_every, args.drain_cron, args.timezone)
+    deployments = build_deployments(
+        agent_parameters(args), args.restart_every, args.drain_cron, args.timezone
+    )
     for deployment in deployments:
         deployment.apply()
-    agent, drainer, _ = deployments
-    # With --restart-every the schedule starts the agent; starting one here as well would
-    # only add a run that ends Cancelled.
-    start = not args.no_start and not args.restart_every
-    asyncio.run(setup(full_name(agent), [full_name(drainer)], args.crash_after, start=start))
+    set_up_automations(deployments, args)
     serve(*deployments)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 from prefect import State
 
 from flows.agent_flow import drain, launch_agent
-from flows.cancel import deliver_sigterm
+from flows.cancel import sigterm_delivered
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +72,10 @@ def _run_in_worker_thread(
         result.append(asyncio.run(_run(drain_only, stop_after_jobs, common)))
 
     worker = threading.Thread(target=body, name="launch-agent-flow")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: deliver_sigterm())
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)  # wakes for signals: their handlers run in this thread
+    with sigterm_delivered():
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)  # wakes for signals: their handlers run in this thread
     return result[0] if result else None
 
 

@@ -9,11 +9,15 @@ as with the plain agent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio.to_thread
 from prefect import State, flow
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
@@ -22,7 +26,13 @@ from prefect.states import Cancelled, Completed
 from agent_lib import AgentConfig, LaunchAgent, open_backend
 from agent_lib.job import STOP
 from flows.artifacts import status_artifact, status_key, status_markdown
-from flows.cancel import sigterm_stops, watching_for_cancel, watching_job_cancels
+from flows.cancel import (
+    run_is_cancelling,
+    sigterm_delivered,
+    sigterm_stops,
+    watching_for_cancel,
+    watching_job_cancels,
+)
 from flows.hooks import PrefectHooks
 from flows.logs import route_agent_logs
 
@@ -102,8 +112,38 @@ async def prefect_watch(
             yield seen
 
 
+async def _cancel_requested() -> bool:
+    """Whether this flow run was cancelled (a worker's SIGTERM can beat the watcher to
+    it): Prefect refuses any state but Cancelled for a run that is CANCELLING."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return False
+    try:
+        return await run_is_cancelling(context.flow_run.id)
+    except Exception as exc:
+        log.debug("could not read the agent's flow run state: %s", exc)
+        return False
+
+
 async def run_agent(config: AgentConfig, on_cancel: OnCancel, status_seconds: float) -> State[Any]:
-    """Run the agent's loop to its end inside the current flow run; the run's final state."""
+    """Run the agent's loop to its end inside the current flow run; the run's final state.
+
+    On the main thread (a worker's or `serve`'s flow-run process) the agent runs on a
+    thread of its own: Prefect arms its SIGTERM handler for every subflow run on the main
+    thread, which would crash the agent's run on a cancel (the worker's SIGTERM) instead
+    of letting it settle its jobs. The main thread keeps a handler that hands SIGTERM to
+    the agent (flows.cancel.deliver_sigterm), as `launch-agent-flow` does.
+    """
+    if threading.current_thread() is threading.main_thread():
+        context = contextvars.copy_context()  # the flow run's context: subflows link to it
+        with sigterm_delivered():
+            return await anyio.to_thread.run_sync(
+                context.run, asyncio.run, _run_agent(config, on_cancel, status_seconds)
+            )
+    return await _run_agent(config, on_cancel, status_seconds)
+
+
+async def _run_agent(config: AgentConfig, on_cancel: OnCancel, status_seconds: float) -> State[Any]:
     route_agent_logs()
     api = open_backend(config.resolved_backend_url, config.lease_seconds)
     try:
@@ -125,7 +165,7 @@ async def run_agent(config: AgentConfig, on_cancel: OnCancel, status_seconds: fl
     message = f"agent {agent.name()} stopped ({agent.stop_reason}): {done}"
     if hooks.prefect_errors:
         message += f"; {hooks.prefect_errors} Prefect error(s) worked around (see logs)"
-    if seen:
+    if seen or await _cancel_requested():
         return Cancelled(message=message)
     return Completed(message=message)
 

@@ -152,5 +152,19 @@ def sigterm_stops(on_sigterm: Callable[[], None]) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def sigterm_delivered() -> Iterator[None]:
+    """While inside, SIGTERM (and Ctrl-C) on the main thread reach the agents of this
+    process through `deliver_sigterm`, whichever thread they run on."""
+    previous = {
+        signum: signal.signal(signum, _on_sigterm) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     deliver_sigterm()
