@@ -18,12 +18,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.settings import PREFECT_UI_URL
 
 from agent_lib.job import Job, OutcomeKind
 from agent_lib.redact import redact
 from agent_lib.runners.base import read_log_tail
 from agent_lib.states import Phase
 from flows.logs import OUTPUT_NOTE
+from flows.submit import submitted_by
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def flow_run_url(flow_run_id: str) -> str:
+    """Where the UI shows a flow run (its id alone when no UI address is known)."""
+    ui = PREFECT_UI_URL.value()
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else flow_run_id
+
+
 def job_markdown(job: Job) -> str:
     """A small table (item, what ran, exit code, duration, why it failed), then the end
     of the job's output."""
@@ -87,6 +95,9 @@ def job_markdown(job: Job) -> str:
     if outcome is not None and outcome.phase:
         rows.append(("failed in phase", outcome.phase))
     rows.append(("output file (on the agent's host)", str(job.log_path)))
+    submitter = submitted_by(job.lease.item.run_spec)
+    if submitter:
+        rows.append(("submitted by", f"[flow run {submitter}]({flow_run_url(submitter)})"))
     lines = ["| | |", "|---|---|", *(f"| **{k}** | {_cell(v)} |" for k, v in rows)]
     tail = output_tail(job)
     if tail:

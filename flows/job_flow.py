@@ -23,8 +23,9 @@ from prefect.states import Cancelled, Completed, Failed
 
 from agent_lib.job import Job, OutcomeKind
 from agent_lib.redact import redact, redact_mapping
-from flows.artifacts import output_tail, publish_job_artifact
+from flows.artifacts import flow_run_url, output_tail, publish_job_artifact
 from flows.logs import OUTPUT_NOTE, quiet_job_failures, streaming_output
+from flows.submit import SUBMITTED_TAG, submitted_by
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ async def task_run_job(queue: str, item_id: str, spec: Any = None) -> State[None
     logger = get_run_logger()
     quiet_job_failures()
     call.started = True
+    submitter = submitted_by(job.lease.item.run_spec)
+    if submitter:
+        logger.info("submitted from Prefect by the flow run %s", flow_run_url(submitter))
     try:
         async with streaming_output(lambda: job.log_path, logger):
             await call.body()
@@ -115,6 +119,11 @@ def job_tags(job: Job) -> list[str]:
     if job.project:
         project = f"{job.entity}/{job.project}" if job.entity else job.project
         found.append(f"project:{project}")
+    if job.spec is not None and job.spec.sweep_id:  # a sweep's scheduler and its runs
+        found.append(f"sweep:{job.spec.sweep_id}")
+    submitter = submitted_by(job.lease.item.run_spec)
+    if submitter:
+        found.append(f"{SUBMITTED_TAG}{submitter}")
     return [redact(tag)[:100] for tag in found]
 
 

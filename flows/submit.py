@@ -9,8 +9,10 @@ agent pops it. The submitting flow run's id goes in the spec, under
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from agent_lib import AgentConfig, open_backend
@@ -18,9 +20,23 @@ from agent_lib.config import queue_name_problem
 from agent_lib.runners import available_resources
 from agent_lib.spec import LOCAL_PROCESS, LaunchSpec
 
+PREFECT_KEY = "_prefect"
+# The tag of the job subflow runs of items a `submit` run pushed, with that run's id.
+SUBMITTED_TAG = "submitted-by:"
+
+
+def submitted_by(run_spec: dict[str, Any]) -> str | None:
+    """The id of the `submit` flow run that pushed this item, if one did (and it is one)."""
+    marker = run_spec.get(PREFECT_KEY)
+    found = marker.get("submitted_by_flow_run") if isinstance(marker, dict) else None
+    try:
+        return str(UUID(str(found))) if found else None
+    except ValueError:
+        return None
+
+
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITIES: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-PREFECT_KEY = "_prefect"
 
 
 def submit_run_name() -> str:
@@ -99,4 +115,9 @@ def submit(
         )
     finally:
         api.close()
+    create_markdown_artifact(
+        f"Pushed item **{item_id}** to queue **{queue}**. The agent that runs it shows the "
+        f"job as the subflow run `{queue}/{item_id}`, tagged `{SUBMITTED_TAG}{flow_run.id}`.",
+        description=f"item {item_id} on queue {queue}",
+    )
     return item_id

@@ -24,7 +24,9 @@ from agent_lib.states import ItemState
 from deployments.serve import build_deployments
 from flows import submit
 from flows.submit import build_spec
-from tests.helpers import PYTHON, REPO, fast_config, run_agent
+from tests.flows.prefect_reads import artifacts_of, subflow_runs
+from tests.flows.test_agent_flow import run_drain, wait_for_logs
+from tests.helpers import PYTHON, REPO
 
 pytestmark = [pytest.mark.slow]
 
@@ -79,7 +81,7 @@ def test_the_run_form_has_the_spec_fields(prefect_server: str) -> None:
 
 
 def test_a_submit_run_of_the_deployment_pushes_a_job_an_agent_finishes(
-    prefect_server: str, db_url: str, backend: SqlBackend, tmp_path: Path
+    prefect_server: str, db_url: str, backend: SqlBackend, flow_settings: dict[str, Any]
 ) -> None:
     for deployment in build_deployments({"backend_url": db_url}):
         deployment.apply()
@@ -113,10 +115,20 @@ def test_a_submit_run_of_the_deployment_pushes_a_job_an_agent_finishes(
     assert spec["overrides"]["run_config"] == {"epochs": 2}
     assert spec["_prefect"] == {"submitted_by_flow_run": str(run.id)}
 
-    config = fast_config(tmp_path / "data", queues=["from-ui"], exit_when_idle=True)
-    run_agent(backend, config, timeout=120)
+    state = run_drain(flow_settings, queues=["from-ui"])
+    assert state.is_completed(), state
     info = backend.get_item(item.id)
     assert info is not None and info.state is ItemState.FINISHED, info
+    # The job's subflow run links back to the submit run: by tag, log line and artifact.
+    assert state.state_details.flow_run_id is not None
+    (job_run,) = asyncio.run(subflow_runs(state.state_details.flow_run_id))
+    assert f"submitted-by:{run.id}" in job_run.tags
+    messages = asyncio.run(wait_for_logs(job_run.id, "submitted from Prefect"))
+    assert any(str(run.id) in m for m in messages if "submitted from Prefect" in m), messages
+    (job_artifact,) = asyncio.run(artifacts_of(job_run.id))
+    assert f"/runs/flow-run/{run.id})" in str(job_artifact.data)
+    (pushed,) = asyncio.run(artifacts_of(run.id))
+    assert f"`from-ui/{item.id}`" in str(pushed.data)
 
 
 def test_submit_called_as_a_flow_returns_the_item_id(
