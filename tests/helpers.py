@@ -13,6 +13,7 @@ from typing import Any
 from agent_lib import AgentConfig, LaunchAgent
 from agent_lib.backends import SqlBackend
 from agent_lib.backends.base import ItemInfo
+from agent_lib.runners import supervisor
 from agent_lib.states import TERMINAL_ITEM_STATES
 
 PYTHON = sys.executable
@@ -79,6 +80,12 @@ def max_overlap(log: Path) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    stat = supervisor.proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def wait_for(

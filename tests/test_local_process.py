@@ -30,6 +30,7 @@ from agent_lib.runners.local_process import (
 )
 from agent_lib.spec import LaunchSpec
 from agent_lib.states import RunState
+from tests.helpers import alive
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0  # generous: only reached when something is wrong
@@ -96,12 +97,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not)."""
-    stat = supervisor.proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
 
 
 def group_alive(pgid: int) -> bool:

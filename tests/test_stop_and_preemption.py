@@ -25,7 +25,7 @@ from agent_lib import ItemState
 from agent_lib.backends import SqlBackend
 from agent_lib.runners import LaunchContext, Status, SubmittedRun, register_runner
 from agent_lib.states import RunState
-from tests.helpers import fast_config, run_agent, sh_job, start_agent_process, wait_for
+from tests.helpers import alive, fast_config, run_agent, sh_job, start_agent_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,14 +38,6 @@ def pid_job(pids: Path, script_after: str) -> dict[str, Any]:
 
 def noted(pids: Path) -> list[list[str]]:
     return [line.split() for line in pids.read_text().splitlines()] if pids.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,16 +16,9 @@ from agent_lib.backends import SqlBackend
 from agent_lib.states import ItemState
 from flows import drain
 from tests.flows.prefect_reads import subflow_runs
-from tests.helpers import sh_job
+from tests.helpers import alive, sh_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.usefixtures("prefect_server")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def until(predicate: Any, timeout: float = 60) -> Any:

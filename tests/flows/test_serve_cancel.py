@@ -19,7 +19,7 @@ from prefect.states import Cancelling
 
 from agent_lib.backends import SqlBackend
 from agent_lib.states import AgentStatus, ItemState
-from tests.helpers import REPO, sh_job, wait_for
+from tests.helpers import REPO, alive, sh_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -64,13 +64,6 @@ async def start_agent_run() -> UUID:
 async def state_of(run_id: UUID) -> Any:
     async with get_client() as client:
         return (await client.read_flow_run(run_id)).state
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_cancelling_a_served_agent_requeues_its_running_job(

@@ -13,7 +13,7 @@ import pytest
 
 from agent_lib.backends import SqlBackend
 from agent_lib.states import AgentStatus, ItemState
-from tests.helpers import REPO, sh_job, wait_for
+from tests.helpers import REPO, alive, sh_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -34,13 +34,6 @@ def flow_process(api_url: str, db_url: str, data_dir: Path, log: Path) -> subpro
             stdout=out,
             stderr=out,
         )
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("busy", [True, False])
