@@ -9,13 +9,48 @@ asyncio.run(agent.loop())
 
 __version__ = "0.1.0"
 
-from agent_lib.agent import JobAndQueue, LaunchAgent
-from agent_lib.backends import Backend, SqlBackend, open_backend
-from agent_lib.config import AgentConfig
-from agent_lib.errors import LaunchError, SpecError
-from agent_lib.hooks import AgentHooks
-from agent_lib.spec import LaunchSpec, QueueItem
-from agent_lib.states import AgentStatus, ItemState, Phase, RunState
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_lib.agent import JobAndQueue, LaunchAgent
+    from agent_lib.backends import Backend, SqlBackend, open_backend
+    from agent_lib.config import AgentConfig
+    from agent_lib.errors import LaunchError, SpecError
+    from agent_lib.hooks import AgentHooks
+    from agent_lib.spec import LaunchSpec, QueueItem
+    from agent_lib.states import AgentStatus, ItemState, Phase, RunState
+
+# Where each public name lives. Imported on first use, so that `import agent_lib.cli` (a
+# `launch-agent push`) does not pay for the agent, the runners and every backend.
+_EXPORTS = {
+    "JobAndQueue": "agent_lib.agent",
+    "LaunchAgent": "agent_lib.agent",
+    "Backend": "agent_lib.backends",
+    "SqlBackend": "agent_lib.backends",
+    "open_backend": "agent_lib.backends",
+    "AgentConfig": "agent_lib.config",
+    "LaunchError": "agent_lib.errors",
+    "SpecError": "agent_lib.errors",
+    "AgentHooks": "agent_lib.hooks",
+    "LaunchSpec": "agent_lib.spec",
+    "QueueItem": "agent_lib.spec",
+    "AgentStatus": "agent_lib.states",
+    "ItemState": "agent_lib.states",
+    "Phase": "agent_lib.states",
+    "RunState": "agent_lib.states",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent_lib' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AgentConfig",

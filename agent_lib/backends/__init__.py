@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
 from agent_lib.backends.sql import SqlBackend
 from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
-from agent_lib.backends.wandb import WandbBackend
 from agent_lib.backends.wandb_auth import is_wandb_url
+
+if TYPE_CHECKING:
+    from agent_lib.backends.wandb import WandbBackend
 
 __all__ = [
     "AgentRecord",
@@ -29,8 +33,19 @@ def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBac
     if is_sql_url(url):
         return SqlBackend(sqlalchemy_url(url), lease_seconds)
     if is_wandb_url(url):
+        from agent_lib.backends.wandb import WandbBackend
+
         return WandbBackend.from_url(url)
     raise ValueError(
         f"unsupported backend URL {display_url(url)!r}: use sqlite:///PATH, postgresql://..., "
         "wandb or wandb+https://HOST"
     )
+
+
+def __getattr__(name: str) -> Any:
+    """`WandbBackend` on first use: the W&B client (requests) is not loaded for SQL queues."""
+    if name == "WandbBackend":
+        from agent_lib.backends.wandb import WandbBackend
+
+        return WandbBackend
+    raise AttributeError(f"module 'agent_lib.backends' has no attribute {name!r}")

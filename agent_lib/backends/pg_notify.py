@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import URL
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class PgListener:
 
     def wait(self, queues: list[str], timeout: float) -> bool:
         """Block until a notification for one of `queues` (True) or `timeout` (False)."""
+        import psycopg  # here: SQLite-only users never pay for the driver's import
+
         with self._busy:
             if self._closed:
                 return False
@@ -64,11 +68,15 @@ class PgListener:
             return False
 
     def _connect(self) -> None:
+        import psycopg
+
         self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
         self._conn.execute(f"LISTEN {CHANNEL}")
         log.debug("listening for new items on %s", self._display_url)
 
     def _drop(self) -> None:
+        import psycopg
+
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-import requests.utils
-
 from agent_lib.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -57,5 +55,7 @@ def resolve_api_key(base_url: str, explicit: str | None = None) -> str:
 
 def _netrc_key(base_url: str) -> str | None:
     """The password of the `.netrc` entry for the server's host, as `wandb login` writes it."""
+    import requests.utils  # here: telling a W&B URL apart needs no HTTP client
+
     auth = requests.utils.get_netrc_auth(base_url)
     return auth[1] if auth and auth[1] else None
