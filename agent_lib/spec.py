@@ -362,15 +362,20 @@ def _check_argv(overrides: Overrides) -> None:
         )
 
 
+# run_config reaches the job as WANDB_CONFIG, or, when longer than one variable may be,
+# in parts WANDB_CONFIG_0..n (W&B's rule); all parts together stay well within ARG_MAX.
+MAX_RUN_CONFIG_JSON = 512 * 1024
+
+
 def _check_run_config(run_config: dict[str, Any]) -> None:
-    """run_config reaches the job as one environment variable, WANDB_CONFIG (its JSON)."""
-    limit = MAX_ARG_STRLEN - len("WANDB_CONFIG=") - 1
+    """run_config's JSON, which the job gets in WANDB_CONFIG (or WANDB_CONFIG_0..n)."""
+    limit = MAX_RUN_CONFIG_JSON
     size = len(json.dumps(run_config))  # depth already bounded: this cannot recurse far
     if size > limit:
         raise _fail(
             ("overrides", "run_config"),
-            f"is {size} bytes as JSON (the job gets it in WANDB_CONFIG), over the limit of "
-            f"{limit} bytes",
+            f"is {size} bytes as JSON (the job gets it in WANDB_CONFIG_0..n), over the limit "
+            f"of {limit} bytes",
         )
 
 

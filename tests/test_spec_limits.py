@@ -199,8 +199,14 @@ def test_a_command_line_under_the_limit_is_accepted() -> None:
     assert spec.overrides.args == ["a" * 100_000]
 
 
-def test_run_config_must_fit_in_one_environment_variable() -> None:
-    message = refusal({"overrides": {"run_config": {"blob": "é" * 30_000}}})  # \u00e9 in JSON
+def test_a_run_config_too_large_for_one_variable_is_accepted_in_parts() -> None:
+    # 180 KB of JSON (\u00e9 each): the job gets it in WANDB_CONFIG_0..n, as from W&B's agent.
+    spec = LaunchSpec.parse({"overrides": {"run_config": {"blob": "é" * 30_000}}})
+    assert spec.overrides.run_config == {"blob": "é" * 30_000}
+
+
+def test_run_config_must_stay_within_the_environment() -> None:
+    message = refusal({"overrides": {"run_config": {"blob": "é" * 90_000}}})
     assert message.startswith("invalid launch spec: overrides.run_config: is ")
     assert "WANDB_CONFIG" in message
 

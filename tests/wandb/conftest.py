@@ -13,7 +13,7 @@ from agent_lib import AgentConfig, LaunchAgent
 from agent_lib.backends.wandb import WandbBackend
 from tests.wandb.server import FakeWandb
 
-API_KEY = "wk-test-5f3a9c0e7b214d68a1c2-secret"
+API_KEY = "wk-test-5f3a9c0e7b214d68a1c2e9d4b7a03f61-secret"
 ENTITY = "acme"
 FAST: dict[str, Any] = {
     "poll_interval": 0.02,
@@ -21,6 +21,13 @@ FAST: dict[str, Any] = {
     "stop_check_interval": 0.05,
     "status_interval": 5.0,
     "cancel_grace": 2.0,
+}
+# Polls, stop checks and the run-start grace period at test speed (W&B's: 1/10 s, 10 s, 60 s).
+FAST_BACKEND: dict[str, Any] = {
+    "min_poll_interval": 0.0,
+    "stop_check_interval": 0.0,
+    "run_info_grace_period": 0.08,
+    "run_info_first_interval": 0.01,
 }
 CLIENT_OPTIONS: dict[str, Any] = {"backoff_base": 0.01, "max_retries": 3, "timeout": (2.0, 10.0)}
 
@@ -46,7 +53,7 @@ def server() -> Iterator[FakeWandb]:
 
 @pytest.fixture
 def backend(server: FakeWandb) -> Iterator[WandbBackend]:
-    wb = WandbBackend(server.base_url, min_poll_interval=0.0, **CLIENT_OPTIONS)
+    wb = WandbBackend(server.base_url, **FAST_BACKEND, **CLIENT_OPTIONS)
     yield wb
     wb.close()
 

@@ -5,11 +5,17 @@ PART A, W&B's published types, plus tests/wandb/schema-additions.graphql: what i
 client sends beyond them), then executed by resolvers that
 answer as W&B does. Each call is recorded; faults (429 with Retry-After, 503, a dropped
 connection, 401) can be injected. Runs on 127.0.0.1 on a free port, in a thread.
+
+Artifacts are served as W&B serves them to its own public API (`wandb.Api().artifact()`,
+which speaks through wandb-core): the membership and artifact queries, the server's
+features, the viewer, and file downloads: each file and the manifest (version 1, md5
+digests) at a `directUrl`, as W&B hands out signed storage URLs.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import socket
@@ -20,6 +26,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from graphql import (
     GraphQLError,
@@ -88,6 +95,11 @@ class WandbState:
         self.agents: dict[str, dict[str, Any]] = {}
         self.runs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.sweeps: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Artifact versions by id; `files` maps a path in the artifact to its bytes.
+        self.artifacts: dict[str, dict[str, Any]] = {}
+        self.base_url = ""
+        # Runs that appear in W&B only after this many RunState queries (a slow upsert).
+        self.late_runs: dict[tuple[str, str, str], int] = {}
 
     def next_id(self, kind: str) -> str:
         return node_id(kind, next(self._ids))
@@ -113,6 +125,69 @@ class WandbState:
         for queue in self.queues.values():
             if (queue["entity"], queue["project"], queue["name"]) == (entity, project, name):
                 return queue
+        return None
+
+    def add_artifact(
+        self,
+        entity: str,
+        project: str,
+        name: str,
+        kind: str,
+        files: dict[str, bytes],
+        aliases: tuple[str, ...] = ("latest",),
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Log a new version of artifact `entity/project/name` (W&B's `log_artifact`)."""
+        self.projects.add((entity, project))
+        versions = self.versions_of(entity, project, name)
+        sequence = versions[0]["sequence"] if versions else self.next_id("ArtifactSequence")
+        for older in versions:
+            older["aliases"] = [a for a in older["aliases"] if a not in aliases]
+        artifact_id = self.next_id("Artifact")
+        entries = {
+            path: {
+                "digest": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                "size": len(data),
+            }
+            for path, data in files.items()
+        }
+        artifact = {
+            "id": artifact_id,
+            "sequence": sequence,
+            "entity": entity,
+            "project": project,
+            "name": name,
+            "type": kind,
+            "versionIndex": len(versions),
+            "aliases": list(aliases),
+            "files": dict(files),
+            "metadata": metadata or {},
+            "manifest": {
+                "version": 1,
+                "storagePolicy": "wandb-storage-policy-v1",
+                "storagePolicyConfig": {"storageLayout": "V2"},
+                "contents": entries,
+            },
+            "digest": hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest(),
+            "createdAt": now_iso(),
+        }
+        self.artifacts[artifact_id] = artifact
+        return artifact
+
+    def versions_of(self, entity: str, project: str, name: str) -> list[dict[str, Any]]:
+        found = [
+            a
+            for a in self.artifacts.values()
+            if (a["entity"], a["project"], a["name"]) == (entity, project, name)
+        ]
+        return sorted(found, key=lambda a: int(a["versionIndex"]))
+
+    def find_version(
+        self, entity: str, project: str, name: str, alias: str
+    ) -> dict[str, Any] | None:
+        for artifact in self.versions_of(entity, project, name):
+            if alias in artifact["aliases"] or alias == f"v{artifact['versionIndex']}":
+                return artifact
         return None
 
     def push(self, queue_id: str, spec: dict[str, Any], priority: int = 2) -> str:
@@ -149,13 +224,28 @@ class Resolvers:
             q for q in self.s.queues.values() if (q["entity"], q["project"]) == (entity, project)
         ]
         return {
-            "id": node_id("Project", len(entity) + len(project)),
-            "name": project,
+            **self._project_info(entity, project),
+            "artifactCollectionMembership": lambda info, name: self._membership(
+                entity, project, name
+            ),
+            "artifactCollection": lambda info, name: self._collection(entity, project, name),
             "runQueues": queues,
             "runQueue": lambda info, name: self.s.find_queue(entity, project, name),
-            "run": lambda info, name, desc=None: self.s.runs.get((entity, project, name)),
+            "run": lambda info, name, desc=None: self._run(info, (entity, project, name)),
             "sweep": lambda info, sweepName: self.s.sweeps.get((entity, project, sweepName)),
         }
+
+    def _run(self, info: GraphQLResolveInfo, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        if key in self.s.late_runs and info.operation.name is not None:
+            if info.operation.name.value == "RunState":
+                self.s.late_runs[key] -= 1
+            if self.s.late_runs[key] > 0:
+                return None
+            del self.s.late_runs[key]
+            self.s.runs.setdefault(
+                key, {"id": self.s.next_id("Run"), "name": key[2], "state": "running"}
+            )
+        return self.s.runs.get(key)
 
     def entity(
         self, info: GraphQLResolveInfo, name: str | None = None, login: bool | None = None
@@ -165,8 +255,151 @@ class Resolvers:
     def launchAgent(self, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
         return self.s.agents.get(id)
 
-    def viewer(self, info: GraphQLResolveInfo, entityName: str | None = None) -> None:
-        return None
+    def viewer(
+        self, info: GraphQLResolveInfo, entityName: str | None = None
+    ) -> dict[str, Any] | None:
+        """The key's user: the first entity (what `wandb login` and `wandb.Api()` check)."""
+        user = next(iter(self.s.entities), None)
+        if user is None:
+            return None
+        return {
+            "id": node_id("User", 1),
+            "name": user,
+            "entity": user,
+            "username": user,
+            "email": f"{user}@example.com",
+            "flags": "{}",
+            "teams": {"edges": []},
+        }
+
+    def serverInfo(self, info: GraphQLResolveInfo) -> dict[str, Any]:
+        return {"features": []}  # no optional feature: the client asks for the basics
+
+    def artifact(self, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+        found = self.s.artifacts.get(id)
+        return self._artifact(found) if found is not None else None
+
+    # -- artifacts, shaped as W&B answers them --
+    def _project_info(self, entity: str, project: str) -> dict[str, Any]:
+        number = len(entity) + len(project)
+        return {
+            "id": node_id("Project", number),
+            "internalId": str(number),
+            "name": project,
+            "entity": self.s.entities.get(entity) or {"id": node_id("Entity", 0), "name": entity},
+        }
+
+    def _membership(self, entity: str, project: str, name: str) -> dict[str, Any] | None:
+        collection, _, alias = name.partition(":")
+        found = self.s.find_version(entity, project, collection, alias or "latest")
+        if found is None:
+            return None
+        return self._membership_of(found)
+
+    def _membership_of(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": node_id("ArtifactCollectionMembership", int(artifact["versionIndex"]) + 1),
+            "versionIndex": artifact["versionIndex"],
+            "createdAt": artifact["createdAt"],
+            "aliases": self._aliases(artifact),
+            "artifactCollection": self._sequence(artifact),
+            "artifact": self._artifact(artifact),
+            "files": lambda info, names=None, after=None, first=None: self._files(artifact, names),
+        }
+
+    def _collection(self, entity: str, project: str, name: str) -> dict[str, Any] | None:
+        versions = self.s.versions_of(entity, project, name)
+        if not versions:
+            return None
+        sequence = self._sequence(versions[0])
+
+        def membership(info: GraphQLResolveInfo, aliasName: str) -> dict[str, Any] | None:
+            found = self.s.find_version(entity, project, name, aliasName)
+            return self._membership_of(found) if found is not None else None
+
+        return {**sequence, "artifactMembership": membership}
+
+    def _sequence(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "__typename": "ArtifactSequence",
+            "id": artifact["sequence"],
+            "name": artifact["name"],
+            "state": "READY",
+            "project": self._project_info(artifact["entity"], artifact["project"]),
+        }
+
+    def _aliases(self, artifact: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": node_id("ArtifactAlias", i + 1),
+                "alias": alias,
+                "artifactCollection": self._sequence(artifact),
+            }
+            for i, alias in enumerate(artifact["aliases"])
+        ]
+
+    def _artifact(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        manifest_url = f"{self.s.base_url}/storage/{artifact['id']}/manifest"
+        files = artifact["files"]
+        return {
+            "id": artifact["id"],
+            "artifactSequence": self._sequence(artifact),
+            "versionIndex": artifact["versionIndex"],
+            "artifactType": {"id": node_id("ArtifactType", 1), "name": artifact["type"]},
+            "description": None,
+            "metadata": json.dumps(artifact["metadata"]),
+            "ttlDurationSeconds": -1,
+            "ttlIsInherited": True,
+            "tags": [],
+            "historyStep": None,
+            "state": "COMMITTED",
+            "size": sum(len(data) for data in files.values()),
+            "digest": artifact["digest"],
+            "digestAlgorithm": "MANIFEST_MD5",
+            "commitHash": None,
+            "fileCount": len(files),
+            "createdAt": artifact["createdAt"],
+            "updatedAt": artifact["createdAt"],
+            "aliases": self._aliases(artifact),
+            "currentManifest": {
+                "id": node_id("ArtifactManifest", 1),
+                "file": self._file("wandb_manifest.json", manifest_url, 0),
+            },
+        }
+
+    def _files(self, artifact: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+        paths = [p for p in artifact["files"] if names is None or p in names]
+        edges = [
+            {
+                "cursor": str(i),
+                "node": self._file(
+                    path,
+                    f"{self.s.base_url}/storage/{artifact['id']}/files/{quote(path)}",
+                    len(artifact["files"][path]),
+                ),
+            }
+            for i, path in enumerate(paths)
+        ]
+        return {
+            "totalCount": len(edges),
+            "pageInfo": {"hasNextPage": False, "endCursor": str(len(edges) - 1)},
+            "edges": edges,
+        }
+
+    def _file(self, name: str, url: str, size: int) -> dict[str, Any]:
+        return {
+            "id": node_id("File", size),
+            "name": name,
+            "displayName": name,
+            "url": url,
+            "directUrl": url,
+            "sizeBytes": size,
+            "storagePath": None,
+            "mimetype": None,
+            "updatedAt": now_iso(),
+            "digest": None,
+            "md5": None,
+        }
 
     # -- agents --
     def createLaunchAgent(self, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +503,8 @@ class Resolvers:
         )
         if input.get("state"):
             run["state"] = input["state"]
+        elif run["state"] == "pending":  # a sweep's run that starts: wandb.init upserts it
+            run["state"] = "running"
         return {"bucket": run, "inserted": inserted}
 
     def upsertSweep(self, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +524,7 @@ class FakeWandb:
         self.entity = entity
         self.state = WandbState()
         self.state.add_entity(entity, is_team)
+        self.downloads: list[str] = []  # paths of storage GETs, in order
         self.calls: list[Call] = []
         self.client_ports: set[int] = set()
         self.faults: list[Fault] = []
@@ -303,9 +539,10 @@ class FakeWandb:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> FakeWandb:
+        self.state.base_url = self.base_url
         self._thread.start()
         return self
 
@@ -323,6 +560,38 @@ class FakeWandb:
             found = self.state.find_queue(self.entity, MODEL_REGISTRY, queue)
             assert found is not None, f"no queue {queue}"
             return self.state.push(found["id"], spec, priority)
+
+    def add_artifact(
+        self,
+        name: str,
+        kind: str,
+        files: dict[str, bytes],
+        project: str = "demo",
+        aliases: tuple[str, ...] = ("latest",),
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Log a version of `acme/<project>/<name>`; returns it (id, versionIndex...)."""
+        with self._lock:
+            return self.state.add_artifact(
+                self.entity, project, name, kind, files, aliases, metadata
+            )
+
+    def storage(self, path: str) -> bytes | None:
+        """The bytes behind a storage URL path (`/storage/<artifact id>/...`)."""
+        parts = path.split("/", 4)
+        if len(parts) < 4 or parts[1] != "storage":
+            return None
+        with self._lock:
+            self.downloads.append(path)
+            artifact = self.state.artifacts.get(unquote(parts[2]))
+            if artifact is None:
+                return None
+            if parts[3] == "manifest":
+                return json.dumps(artifact["manifest"]).encode()
+            if parts[3] == "files" and len(parts) == 5:
+                data: bytes | None = artifact["files"].get(unquote(parts[4]))
+                return data
+        return None
 
     def item(self, item_id: str) -> dict[str, Any]:
         with self._lock:
@@ -373,7 +642,9 @@ class FakeWandb:
         except (ValueError, KeyError, TypeError, GraphQLError) as exc:
             call = Call(None, {}, body.decode(errors="replace"), 400, [f"unparseable: {exc}"])
             return 400, {"errors": [{"message": str(exc)}]}, call
-        op_ast = get_operation_ast(ast, request.get("operationName"))
+        # W&B takes an empty operationName (wandb-core sends "" for unnamed queries) as none.
+        operation_name = request.get("operationName") or None
+        op_ast = get_operation_ast(ast, operation_name)
         name = op_ast.name.value if op_ast and op_ast.name else None
         call = Call(name, variables, document, 200)
         if not authorized:
@@ -389,7 +660,7 @@ class FakeWandb:
                 ast,
                 root_value=self._resolvers,
                 variable_values=variables,
-                operation_name=request.get("operationName"),
+                operation_name=operation_name,
             )
         errors = [{"message": e.message, "path": e.path} for e in result.errors or []]
         if result.data is None and errors:  # variables did not match their declarations
@@ -432,6 +703,9 @@ def _handler_for(server: FakeWandb) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             server.client_ports.add(self.client_address[1])
+            if self.path.startswith("/sdk/otel/"):  # wandb-core's telemetry: accepted, unread
+                self._send(200, {})
+                return
             if self.path != "/graphql":
                 self._send(404, {"errors": [{"message": "not found"}]})
                 return
@@ -445,6 +719,18 @@ def _handler_for(server: FakeWandb) -> type[BaseHTTPRequestHandler]:
             status, answer, call = server.answer(body, authorized)
             server.record(call)
             self._send(status, answer)
+
+        def do_GET(self) -> None:
+            """Storage downloads (the signed `directUrl`s W&B hands out need no key)."""
+            data = server.storage(self.path.split("?", 1)[0])
+            if data is None:
+                self._send(404, {"errors": [{"message": "not found"}]})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _fail(self, fault: Fault) -> None:
             if fault.kind == "drop":

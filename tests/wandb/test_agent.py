@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_lib.backends.wandb import RUN_NOT_STARTED, WandbBackend
+from agent_lib.backends.wandb import RUN_INIT_MISSING, WandbBackend
 from tests.wandb.conftest import API_KEY, ENTITY, agent_config, run_agent
 from tests.wandb.jobs import PROJECT, py_spec, read_report, wandb_job
 from tests.wandb.server import FakeWandb
@@ -97,7 +97,7 @@ def test_a_job_whose_run_never_reached_wandb_fails_as_wandbs_agent_does(
 
     failure = server.item(item_id)["failure"]
     assert failure["stage"] == "run"
-    assert failure["message"].startswith(RUN_NOT_STARTED)
+    assert failure["message"].startswith(RUN_INIT_MISSING)
 
 
 def test_stop_polling_stops_the_agent_after_its_running_job(
