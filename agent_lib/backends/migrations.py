@@ -147,6 +147,38 @@ def _add_stop_requests(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE launch_items ADD COLUMN stop_requested_at FLOAT"))
 
 
+def _add_sweeps(conn: Connection) -> None:
+    for column, kind in (
+        ("name", "VARCHAR(128)"),
+        ("config", "JSON"),
+        ("settings", "JSON"),
+        ("queue", "VARCHAR(128)"),
+        ("created_at", "FLOAT"),
+        ("scheduler_item_id", "VARCHAR(64)"),
+        ("message", "TEXT"),
+    ):
+        conn.execute(text(f"ALTER TABLE launch_sweeps ADD COLUMN {column} {kind}"))
+    md = MetaData()  # frozen as version 5 shipped it
+    Table(
+        "launch_sweep_runs",
+        md,
+        Column("sweep_id", String(128), primary_key=True),
+        Column("number", Integer, primary_key=True),
+        Column("item_id", String(64), nullable=False),
+        Column("run_id", String(128), nullable=False),
+        Column("params", JSON, nullable=False),
+        Column("system_attrs", JSON),
+        Column("state", String(16), nullable=False),
+        Column("value", Float),
+        Column("intermediate", JSON),
+        Column("message", Text),
+        Column("created_at", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+        Index("ix_launch_sweep_runs_item", "item_id"),
+    )
+    md.create_all(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "queues, items, agents, sweeps", _create_v1),
     Step(
@@ -154,6 +186,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(3, "stable agents: agents.generation, items.agent_generation", _add_generations),
     Step(4, "who asked to stop: items.stop_requested_by, stop_requested_at", _add_stop_requests),
+    Step(5, "sweeps on our own queues: sweeps.config/settings/..., sweep_runs", _add_sweeps),
 )
 assert [s.version for s in STEPS] == list(range(1, SCHEMA_VERSION + 1)), "one step per version"
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
     insert,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -108,6 +108,37 @@ sweeps = Table(
     Column("id", String(128), primary_key=True),
     Column("state", String(32), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # v5: sweeps on our own queues (agent_lib.sweeps): the W&B sweep config as given, what
+    # the scheduler needs (queue, run template, seed, ...), and the scheduler item that
+    # owns the sweep now (a scheduler pushes runs only while it is that item).
+    Column("name", String(128)),
+    Column("config", JSON),
+    Column("settings", JSON),
+    Column("queue", String(128)),
+    Column("created_at", Float),
+    Column("scheduler_item_id", String(64)),
+    Column("message", Text),
+)
+
+# v5: one row per run a sweep's scheduler asked for (an Optuna trial), written in the same
+# transaction as the push of its run item, so a restarted scheduler rebuilds its search from
+# here and never asks for the same parameters again.
+sweep_runs = Table(
+    "launch_sweep_runs",
+    metadata,
+    Column("sweep_id", String(128), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("item_id", String(64), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("system_attrs", JSON),
+    Column("state", String(16), nullable=False),
+    Column("value", Float),
+    Column("intermediate", JSON),
+    Column("message", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_launch_sweep_runs_item", "item_id"),
 )
 
 
