@@ -246,7 +246,7 @@ class LaunchAgent:
                     seen_idle = True
                     continue
                 seen_idle = False
-                await self._idle(self._config.poll_interval)
+                await self._idle(self._idle_timeout(next_tick))
         except asyncio.CancelledError:
             self._stop_reason = self._stop_reason or "cancelled"
             await asyncio.shield(self._shutdown())
@@ -278,6 +278,14 @@ class LaunchAgent:
             self._wake.set()
         else:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _idle_timeout(self, next_tick: float) -> float:
+        """How long to wait for a wake-up: `poll_interval`, but no later than the next
+        heartbeat, nor the next look for stop requests while jobs run."""
+        timeout = min(self._config.poll_interval, max(0.0, next_tick - time.monotonic()))
+        if self._jobs:
+            timeout = min(timeout, self._config.stop_check_interval)
+        return timeout
 
     async def _idle(self, timeout: float) -> None:
         assert self._wake is not None

@@ -9,7 +9,6 @@ the input, the user gets one line saying what is wrong, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
 import json
@@ -22,23 +21,21 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from sqlalchemy.exc import ArgumentError
 
 from agent_lib import __version__
-from agent_lib.agent import LaunchAgent
-from agent_lib.backends import SqlBackend, WandbBackend, open_backend
+from agent_lib.backends import SqlBackend, open_backend
 from agent_lib.backends.base import ItemInfo, StopRequest
 from agent_lib.backends.db_retry import DatabaseAccessError
 from agent_lib.backends.sql import MAX_ITEM_ID
 from agent_lib.backends.sql import item_key as database_item_key
 from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
 from agent_lib.backends.wandb_auth import is_wandb_url
-from agent_lib.backends.wandb_client import WandbAuthError
 from agent_lib.config import AgentConfig, queue_name_problem
-from agent_lib.errors import BackendError, ConfigError, TransientError
+from agent_lib.errors import BackendError, ConfigError, TransientError, WandbAuthError
 from agent_lib.files import job_dir_for
 from agent_lib.redact import (
     install_log_redaction,
@@ -50,6 +47,10 @@ from agent_lib.runners import available_resources
 from agent_lib.runners.base import read_log_tail
 from agent_lib.spec import LOCAL_PROCESS, LaunchSpec
 from agent_lib.states import TERMINAL_ITEM_STATES, ItemState
+
+if TYPE_CHECKING:  # imported where used: `push` or `--help` need neither
+    from agent_lib.agent import LaunchAgent
+    from agent_lib.backends.wandb import WandbBackend
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -184,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--name", help="run name (WANDB_NAME)")
     push.add_argument("--run-id", help="run id to use (default: a new one)")
     push.add_argument("--job", help="a named job from the agent's config")
-    push.add_argument("--resource", help="where to run: local-process (default), local-container")
+    push.add_argument(
+        "--resource", help="where to run: local-process (default), local-container, kubernetes"
+    )
     push.add_argument("--image", help="docker image (for local-container)")
     push.add_argument("--run-config", metavar="JSON", help="run config as JSON (WANDB_CONFIG)")
     push.add_argument(
@@ -252,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stop.add_argument("agent", help="agent id or name")
     stop.set_defaults(handler=cmd_stop_agent)
+
+    from agent_lib.sweep_cli import add_sweep_commands  # here: it imports this module
+
+    add_sweep_commands(sub, common)
     return parser
 
 
@@ -476,6 +483,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.verbose < 2:
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     db = open_any_backend(config, interactive=False)
+    from agent_lib.agent import LaunchAgent
+
     agent = LaunchAgent(db, config)
     logging.getLogger("agent_lib").info(
         "agent %s started: queues %s, max_jobs %s, backend %s, jobs in %s",
@@ -485,12 +494,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         db.display_url,
         config.jobs_dir,
     )
+    import asyncio
+
     asyncio.run(_run_with_signals(agent))
     db.close()
     return EXIT_OK
 
 
 async def _run_with_signals(agent: LaunchAgent) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     presses = {"count": 0}
 

@@ -129,7 +129,9 @@ class AgentConfig(BaseSettings):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     backend_url: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
-    poll_interval: float = Field(default=0.1, gt=0)
+    # An idle agent looks for items this often; a push wakes it at once (PostgreSQL
+    # NOTIFY, a datagram on a SQLite file), so this only bounds what no push announces.
+    poll_interval: float = Field(default=1.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_interval: float = Field(default=5.0, gt=0)
     # An agent silent for this long is lost: its leased items go back to the queue, its
@@ -164,13 +166,30 @@ class AgentConfig(BaseSettings):
     # Hand over to a fresh agent after this many jobs / seconds (stop popping, finish, exit).
     stop_after_jobs: int | None = Field(default=None, gt=0)
     stop_after_seconds: float | None = Field(default=None, gt=0)
+    # W&B backend politeness: for `quick_poll_seconds` after activity (start, an item, a
+    # job's end) queues are polled once a second; then every `idle_poll_interval` seconds
+    # (W&B's own agent: 10 s), so an idle agent costs W&B no more than W&B's agent does.
+    idle_poll_interval: float = Field(default=10.0, gt=0)
+    quick_poll_seconds: float = Field(default=60.0, ge=0)
 
     # -- local-container runner (the docker builder reads the `builder` dict above) --
     # resource_args keys refused by default that this agent accepts anyway, e.g.
     # ["privileged", "network", "volume", "device", "cap-add"]; see README, Containers.
     container_allow: list[str] = Field(default_factory=list)
     # Remove a job's container once it ended and its logs are in the job folder.
+    # (kubernetes: delete the job's Job once its item is settled.)
     remove_containers: bool = True
+
+    # -- kubernetes runner; see README, Kubernetes --
+    # A kubeconfig file and context; neither set: the pod's service account when the agent
+    # runs in a cluster, else $KUBECONFIG or ~/.kube/config and its current context.
+    kube_config: Path | None = None
+    kube_context: str | None = None
+    # Where Jobs go unless an item's manifest says (default: the context's, or "default").
+    kube_namespace: str | None = None
+    # Manifest keys refused by default that this agent accepts anyway: hostPID, hostIPC,
+    # hostNetwork, privileged, capabilities, hostPath, and (secure mode) command.
+    kubernetes_allow: list[str] = Field(default_factory=list)
 
     @field_validator("queues", mode="before")
     @classmethod

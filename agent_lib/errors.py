@@ -40,6 +40,10 @@ class BackendError(RuntimeError):
     """The queue backend failed an operation (after its own retries)."""
 
 
+class WandbAuthError(BackendError):
+    """W&B refused the API key (401) or its user lacks access (403)."""
+
+
 class SchemaVersionError(BackendError):
     """The backend's schema is newer than this agent knows how to use."""
 

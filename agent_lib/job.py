@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import string
 import time
@@ -37,8 +38,12 @@ from agent_lib.errors import LaunchError, LeaseLostError, SpecError
 from agent_lib.files import ItemFileSaver, job_dir_for
 from agent_lib.redact import redact, register_secret, register_secrets_in
 from agent_lib.runners import LaunchContext, Runner, Status, SubmittedRun, make_runner
+from agent_lib.runners.kubernetes.manifest import KUBERNETES
+from agent_lib.runners.kubernetes.manifest import check_secure as check_secure_manifest
 from agent_lib.spec import LOCAL_PROCESS, LaunchSpec, resume_spec
 from agent_lib.states import ItemState, Phase, RunState
+from agent_lib.sweeps.launch import own_scheduler
+from agent_lib.wandb_jobs import ResolvedJob, ResolveSettings, is_wandb_job, resolve
 
 if TYPE_CHECKING:
     from agent_lib.hooks import AgentHooks
@@ -123,6 +128,7 @@ class Job:
         self.is_scheduler = False
         self.description = ""
         self.submitted: SubmittedRun | None = None
+        self.wandb_job: ResolvedJob | None = None  # a W&B job artifact, once resolved
         self.phase = Phase.AGENT
         self.status: Status | None = None
         self.outcome: Outcome | None = None
@@ -181,6 +187,8 @@ class Job:
             found = await self._runner().find(self._context(None)) if self.recovered else None
             if found is None:
                 await step(self, "check sweep", self._check_sweep)
+                if self.spec is not None and is_wandb_job(self.spec, self._support.config.jobs):
+                    await step(self, "resolve job", self._resolve_job)  # a W&B job artifact
                 self.phase = Phase.BUILD
                 image = await step(self, "build", self._build)
                 self.phase = Phase.AGENT
@@ -291,12 +299,35 @@ class Job:
         assert self.spec is not None
         await check_sweep_state(self._support, self.spec)
 
+    async def _resolve_job(self) -> None:
+        """A W&B job artifact (`job: entity/project/name:alias`): fetch it, put its code in
+        place, make its environment (agent_lib/wandb_jobs.py). Its failures: phase agent."""
+        spec, config = self.spec, self._support.config
+        assert spec is not None and self.resource is not None
+        provider = getattr(self._support.api, "job_environment", None)
+        credentials = dict(provider(spec)) if provider else {}
+        for name in ("WANDB_BASE_URL", "WANDB_API_KEY"):
+            if name not in credentials and os.environ.get(name):
+                credentials[name] = os.environ[name]
+        if spec.wandb_api_key:
+            credentials["WANDB_API_KEY"] = spec.wandb_api_key
+        settings = ResolveSettings(
+            job_dir=self.job_dir,
+            cache_dir=config.data_dir,
+            credentials=credentials,
+            host_env=inherited_environment(config.inherit_env),
+            builder_type=str({**config.builder, **(spec.builder or {})}.get("type") or "noop"),
+            pip_args=tuple(str(a) for a in config.builder.get("pip_args") or ()),
+        )
+        self.wandb_job = await resolve(spec, self.resource, settings)
+
     async def _build(self) -> str | None:
         assert self.spec is not None
+        spec = self.wandb_job.build_spec(self.spec) if self.wandb_job else self.spec
         if self.resource == LOCAL_PROCESS:
-            return self.spec.image  # local processes run without an image, as in W&B
-        builder = make_builder(self._support.config, self.spec.builder)
-        return await builder.build_image(self.spec, self.job_dir)
+            return spec.image  # local processes run without an image, as in W&B
+        builder = make_builder(self._support.config, spec.builder)
+        return await builder.build_image(spec, self.job_dir)
 
     async def _launch(self, image: str | None) -> None:
         context = self._context(image)
@@ -442,6 +473,8 @@ class Job:
         text = f"the job exited with code {code}"
         if status.reason:
             text += f" ({status.reason})"
+        if code is None and status.reason:  # it never ran to an exit (an image pull failed)
+            text = f"the job failed: {status.reason}"
         return Outcome(OutcomeKind.FAILED, redact(text), Phase.RUN, code, await self._log_tail())
 
     async def _preempted(self, code: int | None, why: str) -> Outcome:
@@ -557,10 +590,31 @@ class Job:
         assert spec is not None and run_id is not None and self.resource is not None
         config = self._support.config
         command, definition = command_for(spec, config)
+        resolved = self.wandb_job
+        if resolved is not None:
+            command, definition = resolved.command(spec), None
         env = dict(config.job_env)
         env.update(definition.env if definition else {})
-        env.update(job_environment(spec, self.item_id, self.queue, run_id, self._support.entity))
+        host_env = inherited_environment(config.inherit_env)
+        if resolved is not None:
+            env.update(resolved.environment(host_env.get("PATH")))
+        env.update(
+            job_environment(
+                spec,
+                self.item_id,
+                self.queue,
+                run_id,
+                self._support.entity,
+                job_artifact=resolved.name if resolved else None,
+                image=image or (resolved.image if resolved else None),
+            )
+        )
         env.update(self._credentials(spec))
+        if self.is_scheduler:  # on our own queues, our scheduler (agent_lib.sweeps.launch)
+            own = own_scheduler(self._support.api, spec, config.jobs_dir)
+            if own is not None:
+                command, definition = own[0], None
+                env.update(own[1])
         return LaunchContext(
             item_id=self.item_id,
             queue=self.queue,
@@ -578,7 +632,7 @@ class Job:
                 "launch-agent.item": self.item_id,
                 "launch-agent.run": run_id,
             },
-            host_env=inherited_environment(config.inherit_env),
+            host_env=host_env,
         )
 
     def _credentials(self, spec: LaunchSpec) -> dict[str, str]:
@@ -634,6 +688,8 @@ def check_secure(spec: LaunchSpec, config: AgentConfig) -> None:
         )
     for resource, args in spec.resource_args.items():
         _check_secure_resource_args(resource, args)
+        if resource == KUBERNETES:
+            check_secure_manifest(args, config.kubernetes_allow)
 
 
 def _check_secure_resource_args(resource: str, args: dict[str, Any]) -> None:
@@ -645,23 +701,6 @@ def _check_secure_resource_args(resource: str, args: dict[str, Any]) -> None:
     for key in args:
         if str(key).replace("-", "_").lower() in SECURE_REFUSED_RESOURCE_KEYS:
             raise SpecError(f"secure_mode: resource_args.{resource}.{key} is not allowed")
-    if resource != "kubernetes":
-        return
-    pod = _dig(args, "spec", "template", "spec")
-    for key in ("hostPID", "hostIPC", "hostNetwork", "initContainers"):
-        if key in pod:
-            raise SpecError(f"secure_mode: this agent does not allow setting pod spec {key!r}")
-    containers = pod.get("containers")
-    for container in containers if isinstance(containers, list) else []:
-        if isinstance(container, dict) and "command" in container:
-            raise SpecError("secure_mode: this agent does not allow a container 'command'")
-
-
-def _dig(data: Any, *keys: str) -> dict[str, Any]:
-    """data[k1][k2]... when each level is a mapping, else {} (hostile specs are shapeless)."""
-    for key in keys:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data if isinstance(data, dict) else {}
 
 
 async def check_sweep_state(support: JobSupport, spec: LaunchSpec) -> None:

@@ -290,11 +290,11 @@ def test_unknown_launch_agent_variables_are_warned_of(
 def test_unknown_variable_warning_in_a_real_process(tmp_path: Path) -> None:
     result = run_process(
         "queues",
-        env={"LAUNCH_AGENT_DATA_DIR": str(tmp_path), "LAUNCH_AGENT_POLL": "1"},
+        env={"LAUNCH_AGENT_DATA_DIR": str(tmp_path), "LAUNCH_AGENT_POLL_INTERVALL": "1"},
     )
     assert result.returncode == 0
     assert (
-        "LAUNCH_AGENT_POLL is not a config key, ignored (did you mean "
+        "LAUNCH_AGENT_POLL_INTERVALL is not a config key, ignored (did you mean "
         "LAUNCH_AGENT_POLL_INTERVAL?)" in result.stderr
     )
 
@@ -338,7 +338,8 @@ def test_unknown_resource_is_refused_at_push(
 ) -> None:
     code, _, err = run_main(capsys, tmp_path, "push", "--resource", "k8s", "--", "true")
     assert code == cli.EXIT_USAGE
-    assert "resource 'k8s' is not supported (supported: local-container, local-process)" in err
+    supported = "kubernetes, local-container, local-process"
+    assert f"resource 'k8s' is not supported (supported: {supported})" in err
     spec = tmp_path / "spec.yaml"
     spec.write_text("resource: slurm\noverrides: {entry_point: [echo]}\n")
     code, _, err = run_main(capsys, tmp_path, "push", "--spec", str(spec))

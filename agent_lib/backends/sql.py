@@ -39,12 +39,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from agent_lib.backends import migrations, sql_liveness
+from agent_lib.backends import migrations, sql_liveness, sql_sweeps
 from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary, StopRequest
 from agent_lib.backends.db_retry import Reconnector
 from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
 from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
 from agent_lib.backends.sql_schema import agents, insert_item, items, queues, sweeps
+from agent_lib.backends.sqlite_wake import LocalListener, LocalWaker, wake_dir_for
 from agent_lib.errors import BackendError
 from agent_lib.spec import QueueItem
 from agent_lib.states import AgentStatus, ItemState, Phase
@@ -55,6 +56,8 @@ DEFAULT_PRIORITY = 2
 MAX_STORED_FILE_BYTES = 64 * 1024
 # Unreadable items failed in one pop before it gives up (the next pop goes on).
 MAX_UNREADABLE_PER_POP = 100
+# Where a SQLite transaction keeps the queues to announce once it commits (conn.info).
+_WAKE_KEY = "launch_agent_wake"
 ACTIVE_STATES = (ItemState.PENDING, ItemState.LEASED, ItemState.CLAIMED)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,9 +98,13 @@ class SqlBackend:
         self._reader = self._engine.execution_options(readonly=True)
         self._is_pg = self._engine.dialect.name == "postgresql"
         self._reconnect = Reconnector(self.display_url, self._engine.dialect.name, retry_window)
-        self._listener: PgListener | None = None
+        self._listener: PgListener | LocalListener | None = None
+        wake_dir = None if self._is_pg else wake_dir_for(make_url(url).database)
+        self._waker = LocalWaker(wake_dir) if wake_dir is not None else None
         if self._is_pg and listen:
             self._listener = PgListener(libpq_conninfo(make_url(url)), self.display_url)
+        elif wake_dir is not None and listen:
+            self._listener = LocalListener(wake_dir)
         # The agent runs a wake-up watcher thread only for backends that can announce items.
         self.supports_wakeup = self._listener is not None
         self._ensure_schema()
@@ -106,7 +113,12 @@ class SqlBackend:
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         with self._engine.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                woken: set[str] | None = conn.info.pop(_WAKE_KEY, None)
+        if woken and self._waker is not None:  # committed: now agents can see the items
+            self._waker.announce(woken)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -120,12 +132,14 @@ class SqlBackend:
             migrations.upgrade(conn, self.display_url)
 
     def _notify(self, conn: Connection, queue: str) -> None:
+        """Wake the agents of `queue` once this transaction commits ("": all agents)."""
         if self._is_pg:
             notify_items(conn, queue)
+        elif self._waker is not None:
+            conn.info.setdefault(_WAKE_KEY, set()).add(queue)
 
     def _notify_all(self, conn: Connection) -> None:
-        if self._is_pg:
-            notify_items(conn, "")
+        self._notify(conn, "")
 
     @property
     def display_url(self) -> str:
@@ -643,10 +657,133 @@ class SqlBackend:
             if result.rowcount == 0:
                 conn.execute(insert(sweeps).values(id=sweep_id, state=state, updated_at=now))
 
-    def wait_for_items(self, queues: list[str], timeout: float) -> bool:
-        """PostgreSQL: block on LISTEN until a push to `queues` (True) or `timeout`.
+    # -- sweeps on our own queues (agent_lib.sweeps; the rules are in sql_sweeps) --
+    @_retried
+    def create_sweep(
+        self,
+        sweep_id: str,
+        name: str | None,
+        config: dict[str, Any],
+        settings: dict[str, Any],
+        queue: str,
+        scheduler_spec: dict[str, Any],
+        priority: int | None = None,
+    ) -> str:
+        """Store a sweep and push its scheduler item, in one transaction; the item's id."""
+        with self._tx() as conn:
+            qid = self._queue_id(conn, queue, create=True)
+            assert qid is not None
+            chosen = DEFAULT_PRIORITY if priority is None else priority
+            item_id = sql_sweeps.create_sweep(
+                conn, sweep_id, name, config, settings, qid, queue, scheduler_spec, chosen
+            )
+            self._notify(conn, queue)
+        return item_id
 
-        Without a listener (SQLite, listen=False) returns False at once: poll instead.
+    @_retried
+    def get_sweep(self, sweep_id: str) -> sql_sweeps.SweepRecord | None:
+        with self._read() as conn:
+            return sql_sweeps.get_sweep(conn, sweep_id)
+
+    @_retried
+    def list_sweeps(self) -> list[sql_sweeps.SweepRecord]:
+        with self._read() as conn:
+            return sql_sweeps.list_sweeps(conn)
+
+    @_retried
+    def sweep_runs(self, sweep_id: str, open_only: bool = False) -> list[sql_sweeps.SweepRunRecord]:
+        """The sweep's runs (trials; `open_only`: not ended) with their items' states now."""
+        with self._read() as conn:
+            return sql_sweeps.sweep_runs_of(conn, sweep_id, open_only)
+
+    @_retried
+    def claim_sweep_scheduler(self, sweep_id: str, item_id: str) -> sql_sweeps.SweepRecord | None:
+        with self._tx() as conn:
+            return sql_sweeps.claim_scheduler(conn, sweep_id, item_id)
+
+    @_retried
+    def push_sweep_run(
+        self,
+        sweep_id: str,
+        scheduler_item_id: str,
+        number: int,
+        params: dict[str, Any],
+        system_attrs: dict[str, Any],
+        queue: str,
+        run_spec: dict[str, Any],
+        priority: int | None = None,
+    ) -> str | None:
+        """Record a trial and push its run item in one transaction (None: the sweep does not
+        run, or another scheduler owns it; nothing was written)."""
+        with self._tx() as conn:
+            qid = self._queue_id(conn, queue, create=True)
+            assert qid is not None
+            chosen = DEFAULT_PRIORITY if priority is None else priority
+            item_id = sql_sweeps.push_sweep_run(
+                conn,
+                sweep_id,
+                scheduler_item_id,
+                number,
+                params,
+                system_attrs,
+                qid,
+                run_spec,
+                chosen,
+            )
+            if item_id is not None:
+                self._notify(conn, queue)
+        return item_id
+
+    @_retried
+    def update_sweep_run(self, sweep_id: str, number: int, values: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            sql_sweeps.update_sweep_run(conn, sweep_id, number, **values)
+
+    @_retried
+    def prune_sweep_run(
+        self, sweep_id: str, number: int, item_id: str, step: int, message: str
+    ) -> None:
+        """Mark a run pruned at `step` and ask its item to stop, in one transaction."""
+        with self._tx() as conn:
+            sql_sweeps.update_sweep_run(
+                conn, sweep_id, number, state=sql_sweeps.RUN_PRUNING, message=message
+            )
+            if sql_sweeps.stop_items(conn, [item_id], f"sweep {sweep_id} ({message})"):
+                self._notify_all(conn)
+
+    @_retried
+    def stop_sweep_items(self, item_ids: list[str], requested_by: str) -> None:
+        with self._tx() as conn:
+            if sql_sweeps.stop_items(conn, item_ids, requested_by):
+                self._notify_all(conn)
+
+    @_retried
+    def change_sweep_state(
+        self, sweep_id: str, action: str, requested_by: str
+    ) -> tuple[str, str, int]:
+        """pause | resume | stop | cancel (sql_sweeps.change_state)."""
+        with self._tx() as conn:
+            result = sql_sweeps.change_state(conn, sweep_id, action, requested_by)
+            if result[2]:
+                self._notify_all(conn)
+            return result
+
+    @_retried
+    def finish_sweep(self, sweep_id: str, message: str) -> bool:
+        with self._tx() as conn:
+            return sql_sweeps.finish_if_running(conn, sweep_id, message)
+
+    @_retried
+    def set_stopped_message(self, item_id: str, message: str) -> None:
+        with self._tx() as conn:
+            sql_sweeps.set_stopped_message(conn, item_id, message)
+
+    def wait_for_items(self, queues: list[str], timeout: float) -> bool:
+        """Block until a push to `queues` (True) or `timeout`: LISTEN on PostgreSQL, a
+        wake-up socket on a SQLite file (sqlite_wake).
+
+        Without a listener (an in-memory database, listen=False) returns False at once:
+        poll instead.
         """
         if self._listener is None:
             return False

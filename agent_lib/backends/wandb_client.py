@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from agent_lib import __version__
-from agent_lib.errors import BackendError, TransientError
+from agent_lib.errors import BackendError, TransientError, WandbAuthError
 from agent_lib.redact import register_secret
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 class WandbUnavailableError(BackendError, TransientError):
     """W&B did not answer after every retry; worth trying again later."""
-
-
-class WandbAuthError(BackendError):
-    """W&B refused the API key (401) or its user lacks access (403)."""
 
 
 class WandbClient:

@@ -31,9 +31,17 @@ def _local_container(config: AgentConfig) -> Runner:
     return LocalContainerRunner(config)
 
 
+def _kubernetes(config: AgentConfig) -> Runner:
+    # Imported on use: the Kubernetes client costs import time other agents skip.
+    from agent_lib.runners.kubernetes.runner import KubernetesRunner
+
+    return KubernetesRunner(config)
+
+
 _FACTORIES: dict[str, RunnerFactory] = {
     LOCAL_PROCESS: lambda _config: LocalProcessRunner(),
     LOCAL_CONTAINER: _local_container,
+    "kubernetes": _kubernetes,
 }
 
 
