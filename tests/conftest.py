@@ -1,13 +1,17 @@
-"""Shared fixtures: every test gets its own data dir, config dir and SQLite queue file."""
+"""Shared fixtures: every test gets its own data dir, config dir and SQLite queue file;
+a Docker engine and its local base images for the tests that run containers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent_lib.backends import SqlBackend, open_backend
+from tests.docker import images
+from tests.services import missing_service
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +38,27 @@ def backend(db_url: str) -> Iterator[SqlBackend]:
     db = open_backend(db_url)
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        missing_service(f"no Docker engine reachable ({exc})")
+    return client
+
+
+@pytest.fixture(scope="session")
+def busybox(docker_client: Any) -> str:
+    """A ~2 MB image with /bin/sh and the busybox tools."""
+    return images.busybox_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def python_base(docker_client: Any) -> str:
+    """A Python 3.11 image with pip, setuptools and wheel (offline installs only)."""
+    return images.python_image(docker_client)

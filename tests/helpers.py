@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent_lib import AgentConfig, LaunchAgent
-from agent_lib.backends import SqlBackend
+from agent_lib.backends import SqlBackend, open_backend
 from agent_lib.backends.base import ItemInfo
+from agent_lib.files import job_dir_for
 from agent_lib.runners import supervisor
 from agent_lib.states import TERMINAL_ITEM_STATES
 
@@ -144,3 +146,71 @@ def start_agent_process(
         env=env,
         cwd=REPO,
     )
+
+
+@dataclass(kw_only=True)
+class QueueHarness:
+    """One queue in its own SQLite file, and in-process agents that serve it with
+    `resource` by default (the docker and kubernetes tests add their engine's views)."""
+
+    data_dir: Path
+    db_url: str
+    queue: str
+    config: dict[str, Any] = field(default_factory=dict)
+    resource: str = "local-process"
+
+    def __post_init__(self) -> None:
+        self.db = open_backend(self.db_url)
+
+    def agent_defaults(self) -> dict[str, Any]:
+        """Config keys this kind of harness adds (a kubeconfig, say)."""
+        return {}
+
+    def agent_config(self, **overrides: Any) -> AgentConfig:
+        values = {
+            **FAST,
+            "cancel_grace": 1.0,
+            "queues": [self.queue],
+            "max_jobs": 4,
+            "default_resource": self.resource,
+            "exit_when_idle": True,
+            **self.agent_defaults(),
+            **self.config,
+            **overrides,
+        }
+        return AgentConfig.load(None, data_dir=self.data_dir, **values)
+
+    def push(self, spec: dict[str, Any]) -> str:
+        return self.db.push_to_run_queue(self.queue, spec, None, None, None)
+
+    def run(self, timeout: float = 90, **overrides: Any) -> LaunchAgent:
+        """Run an agent in this process until the queue is empty and its jobs ended."""
+        agent = LaunchAgent(self.db, self.agent_config(**overrides))
+        asyncio.run(asyncio.wait_for(agent.loop(), timeout))
+        return agent
+
+    def item(self, item_id: str) -> ItemInfo:
+        info = self.db.get_item(item_id)
+        assert info is not None
+        return info
+
+    def wait_ended(self, ids: list[str], timeout: float = 60) -> list[ItemInfo]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [self.item(i) for i in ids]
+            if all(i.state in TERMINAL_ITEM_STATES for i in infos):
+                return infos
+            time.sleep(0.05)
+        raise AssertionError(f"items not ended in {timeout}s: {[self.item(i) for i in ids]}")
+
+    def job_dir(self, item_id: str) -> Path:
+        info = self.item(item_id)
+        assert info.run_id, f"item {item_id} has no run id: {info}"
+        return job_dir_for(self.data_dir / "jobs", item_id, info.run_id)
+
+    def output(self, item_id: str) -> str:
+        """The job's output so far ("" before its first line)."""
+        try:
+            return (self.job_dir(item_id) / "output.log").read_text()
+        except FileNotFoundError:
+            return ""

@@ -6,113 +6,24 @@ No image is pulled: the busybox and python images are built here from the host's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent_lib import AgentConfig, LaunchAgent
-from agent_lib.backends import open_backend
-from agent_lib.backends.base import ItemInfo
-from agent_lib.files import job_dir_for
-from agent_lib.states import TERMINAL_ITEM_STATES
-from tests.docker import images
-from tests.services import missing_service
-
-FAST = {
-    "poll_interval": 0.02,
-    "heartbeat_interval": 0.1,
-    "stop_check_interval": 0.05,
-    "status_interval": 5.0,
-    "cancel_grace": 1.0,
-}
+from tests.helpers import QueueHarness
 
 
-@pytest.fixture(scope="session")
-def docker_client() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        missing_service(f"no Docker engine reachable ({exc})")
-    return client
-
-
-@pytest.fixture(scope="session")
-def busybox(docker_client: Any) -> str:
-    """A ~2 MB image with /bin/sh and the busybox tools."""
-    return images.busybox_image(docker_client)
-
-
-@pytest.fixture(scope="session")
-def python_base(docker_client: Any) -> str:
-    """A Python 3.11 image with pip, setuptools and wheel (offline installs only)."""
-    return images.python_image(docker_client)
-
-
-@dataclass
-class Harness:
-    """One queue in its own SQLite file, and agents that serve it."""
+@dataclass(kw_only=True)
+class Harness(QueueHarness):
+    """One queue in its own SQLite file, and agents that run its items as containers."""
 
     client: Any
-    data_dir: Path
-    db_url: str
-    queue: str
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.db = open_backend(self.db_url)
-
-    def agent_config(self, **overrides: Any) -> AgentConfig:
-        values = {
-            **FAST,
-            "queues": [self.queue],
-            "max_jobs": 4,
-            "default_resource": "local-container",
-            "exit_when_idle": True,
-            **self.config,
-            **overrides,
-        }
-        return AgentConfig.load(None, data_dir=self.data_dir, **values)
-
-    def push(self, spec: dict[str, Any]) -> str:
-        return self.db.push_to_run_queue(self.queue, spec, None, None, None)
-
-    def run(self, timeout: float = 90, **overrides: Any) -> LaunchAgent:
-        """Run an agent in this process until the queue is empty and its jobs ended."""
-        agent = LaunchAgent(self.db, self.agent_config(**overrides))
-        asyncio.run(asyncio.wait_for(agent.loop(), timeout))
-        return agent
-
-    def item(self, item_id: str) -> ItemInfo:
-        info = self.db.get_item(item_id)
-        assert info is not None
-        return info
-
-    def wait_ended(self, ids: list[str], timeout: float = 60) -> list[ItemInfo]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            infos = [self.item(i) for i in ids]
-            if all(i.state in TERMINAL_ITEM_STATES for i in infos):
-                return infos
-            time.sleep(0.1)
-        raise AssertionError(f"items not ended in {timeout}s: {[self.item(i) for i in ids]}")
-
-    def job_dir(self, item_id: str) -> Path:
-        info = self.item(item_id)
-        assert info.run_id, f"item {item_id} has no run id: {info}"
-        return job_dir_for(self.data_dir / "jobs", item_id, info.run_id)
-
-    def output(self, item_id: str) -> str:
-        return (self.job_dir(item_id) / "output.log").read_text()
+    resource: str = "local-container"
 
     def containers(self, **filters: str) -> list[Any]:
         """This queue's containers (all states), as the SDK's Container objects.
@@ -138,7 +49,12 @@ class Harness:
 @pytest.fixture
 def harness(docker_client: Any, tmp_path: Path) -> Iterator[Harness]:
     queue = f"docker-test-{uuid.uuid4().hex[:8]}"
-    made = Harness(docker_client, tmp_path / "data", f"sqlite:///{tmp_path / 'q.db'}", queue)
+    made = Harness(
+        client=docker_client,
+        data_dir=tmp_path / "data",
+        db_url=f"sqlite:///{tmp_path / 'q.db'}",
+        queue=queue,
+    )
     yield made
     import docker.errors
 

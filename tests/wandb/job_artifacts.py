@@ -11,25 +11,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from tests.wandb.jobs import PROJECT, REGISTER_RUN
 from tests.wandb.server import FakeWandb
-
-PROJECT = "demo"
 
 # The job's code: stdlib only (its virtual environment has just its requirements). It
 # registers its run as `wandb.init` would, then reports what it saw.
-MAIN = r"""
-import base64, json, os, sys, urllib.request
-env = os.environ
-doc = ("mutation UpsertBucket($name: String, $project: String, $entity: String) {"
-       " upsertBucket(input: {name: $name, project: $project, entityName: $entity})"
-       " { bucket { id name } inserted } }")
-variables = {"name": env["WANDB_RUN_ID"], "project": env["WANDB_PROJECT"],
-             "entity": env["WANDB_ENTITY"]}
-body = json.dumps({"query": doc, "operationName": "UpsertBucket", "variables": variables})
-auth = base64.b64encode(("api:" + env["WANDB_API_KEY"]).encode()).decode()
-request = urllib.request.Request(env["WANDB_BASE_URL"] + "/graphql", body.encode(),
-    {"Content-Type": "application/json", "Authorization": "Basic " + auth})
-urllib.request.urlopen(request, timeout=10).read()
+MAIN = REGISTER_RUN + r"""
+import sys
 try:
     import tinylib
     lib = tinylib.VERSION

@@ -15,7 +15,7 @@ from typing import Any
 PYTHON = sys.executable
 PROJECT = "demo"
 
-_REGISTER_RUN = """
+REGISTER_RUN = """
 import base64, json, os, urllib.request
 env = os.environ
 doc = ("mutation UpsertBucket($name: String, $project: String, $entity: String) {"
@@ -59,7 +59,7 @@ def wandb_job(
     **extra: Any,
 ) -> dict[str, Any]:
     """A job that (optionally) registers its run, reports what it saw, sleeps, exits."""
-    code = _REGISTER_RUN if register else ""
+    code = REGISTER_RUN if register else ""
     if report is not None:
         code += f"REPORT = {str(report)!r}\n" + _REPORT
     code += (

@@ -17,8 +17,6 @@ from tests.wandb.conftest import API_KEY, ENTITY, agent_config, run_agent
 from tests.wandb.job_artifacts import PROJECT, add_job, git_repo, main_py, tiny_wheel
 from tests.wandb.server import FakeWandb
 
-pytest.importorskip("wandb")
-
 
 def item(job: str, report: Path, **extra: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {

@@ -11,35 +11,9 @@ from typing import Any
 import pytest
 
 from agent_lib.backends.wandb import WandbBackend
-from tests.docker import images
-from tests.services import missing_service
 from tests.wandb.conftest import CLIENT_OPTIONS, ENTITY, FAST_BACKEND, agent_config, run_agent
 from tests.wandb.job_artifacts import PROJECT, add_job
 from tests.wandb.server import FakeWandb
-
-pytest.importorskip("wandb")
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        missing_service(f"no Docker engine reachable ({exc})")
-    return client
-
-
-@pytest.fixture(scope="module")
-def busybox(docker_client: Any) -> str:
-    return images.busybox_image(docker_client)  # built from the host's files, never pulled
-
-
-@pytest.fixture(scope="module")
-def python_base(docker_client: Any) -> str:
-    return images.python_image(docker_client)
 
 
 @pytest.fixture

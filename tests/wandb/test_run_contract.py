@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent_lib import AgentConfig, LaunchAgent
 from agent_lib.backends import open_backend
 from agent_lib.backends.wandb import WandbBackend
@@ -21,8 +19,6 @@ from agent_lib.environment import MAX_ENV_LENGTH, job_environment, split_json
 from agent_lib.spec import LaunchSpec
 from tests.wandb.conftest import ENTITY, agent_config, run_agent
 from tests.wandb.server import FakeWandb
-
-pytest.importorskip("wandb")
 
 SDK_JOB = Path(__file__).with_name("sdk_job.py")
 # Over W&B's 32670 characters for one variable: the job gets WANDB_CONFIG_0, _1, _2.
