@@ -50,8 +50,11 @@ def sh_job(script: str) -> dict[str, Any]:
     return {"resource": "local-process", "overrides": {"entry_point": ["sh", "-c", script]}}
 
 
-def record_job(log: Path, sleep: float = 0.0, tag: str = "") -> dict[str, Any]:
-    """A job that appends `start/end <time> <item> <queue> <tag>` lines to `log`."""
+def record_job(log: Path, sleep: float = 0.0, tag: str = "", meet: int = 0) -> dict[str, Any]:
+    """A job that appends `start/end <time> <item> <queue> <tag>` lines to `log`.
+
+    `meet`: after its start, it waits (up to 60 s) until `meet` jobs have started, so
+    jobs that run at the same time overlap however slowly the agent starts them."""
     code = (
         "import os, sys, time\n"
         "def note(kind):\n"
@@ -60,6 +63,9 @@ def record_job(log: Path, sleep: float = 0.0, tag: str = "") -> dict[str, Any]:
         f"    fd = os.open({str(log)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
         "    os.write(fd, line.encode()); os.close(fd)\n"
         "note('start')\n"
+        f"deadline = time.time() + 60\n"
+        f"while open({str(log)!r}).read().count('start ') < {meet} and time.time() < deadline:\n"
+        "    time.sleep(0.02)\n"
         f"time.sleep({sleep})\n"
         "note('end')\n"
     )

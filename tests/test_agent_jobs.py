@@ -40,7 +40,7 @@ def test_items_run_end_to_end(backend: SqlBackend, tmp_path: Path) -> None:
 def test_max_jobs_is_reached_and_never_exceeded(backend: SqlBackend, tmp_path: Path) -> None:
     log = tmp_path / "jobs.log"
     for _ in range(9):
-        backend.push_to_run_queue("default", record_job(log, sleep=0.8))
+        backend.push_to_run_queue("default", record_job(log, sleep=0.2, meet=3))
 
     run_agent(backend, fast_config(tmp_path, max_jobs=3, exit_when_idle=True))
 
@@ -50,7 +50,7 @@ def test_max_jobs_is_reached_and_never_exceeded(backend: SqlBackend, tmp_path: P
 def test_unlimited_max_jobs_runs_everything_at_once(backend: SqlBackend, tmp_path: Path) -> None:
     log = tmp_path / "jobs.log"
     for _ in range(6):
-        backend.push_to_run_queue("default", record_job(log, sleep=1.5))
+        backend.push_to_run_queue("default", record_job(log, sleep=0.2, meet=6))
 
     run_agent(backend, fast_config(tmp_path, max_jobs=-1, exit_when_idle=True))
 

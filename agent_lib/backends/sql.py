@@ -56,6 +56,8 @@ DEFAULT_PRIORITY = 2
 MAX_STORED_FILE_BYTES = 64 * 1024
 # Unreadable items failed in one pop before it gives up (the next pop goes on).
 MAX_UNREADABLE_PER_POP = 100
+# While an agent drains a queue, expired leases are looked for at most this often.
+RECLAIM_EVERY = 1.0
 # Where a SQLite transaction keeps the queues to announce once it commits (conn.info).
 _WAKE_KEY = "launch_agent_wake"
 ACTIVE_STATES = (ItemState.PENDING, ItemState.LEASED, ItemState.CLAIMED)
@@ -101,6 +103,8 @@ class SqlBackend:
         self._listener: PgListener | LocalListener | None = None
         wake_dir = None if self._is_pg else wake_dir_for(make_url(url).database)
         self._waker = LocalWaker(wake_dir) if wake_dir is not None else None
+        self._busy_queues: set[str] = set()  # queues whose last pop found an item
+        self._next_reclaim: dict[str, float] = {}  # when a pop next returns expired leases
         if self._is_pg and listen:
             self._listener = PgListener(libpq_conninfo(make_url(url)), self.display_url)
         elif wake_dir is not None and listen:
@@ -273,26 +277,20 @@ class SqlBackend:
         self, queue: str, entity: str | None, project: str, agent_id: str, generation: int = 0
     ) -> Lease | None:
         now = time.time()
-        if not self._may_have_work(queue, now):
+        # Draining: the last pop found an item, so skip the lock-free look (a round trip).
+        if queue not in self._busy_queues and not self._may_have_work(queue, now):
             return None
+        self._busy_queues.discard(queue)
         with self._tx() as conn:
-            qid = self._queue_id(conn, queue, create=False)
-            if qid is None:
-                return None
-            self._requeue_expired_leases(conn, now, qid)
+            reclaimed = now >= self._next_reclaim.get(queue, 0.0)
+            if reclaimed:  # at most once a second while draining, and whenever it runs dry
+                self._reclaim_expired(conn, queue, now)
             for _ in range(MAX_UNREADABLE_PER_POP):
-                row = conn.execute(
-                    select(
-                        items.c.id,
-                        cast(items.c.run_spec, Text).label("raw_spec"),
-                        items.c.priority,
-                        items.c.attempts,
-                    )
-                    .where(items.c.queue_id == qid, items.c.state == ItemState.PENDING.value)
-                    .order_by(items.c.priority, items.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
+                row = conn.execute(_next_pending(queue)).first()
+                if row is None and not reclaimed:
+                    reclaimed = True
+                    self._reclaim_expired(conn, queue, now)
+                    row = conn.execute(_next_pending(queue)).first()
                 if row is None:
                     return None
                 try:
@@ -300,8 +298,13 @@ class SqlBackend:
                 except ValueError as exc:
                     _fail_unreadable(conn, row.id, str(exc), now)
                     continue
+                self._busy_queues.add(queue)
                 return self._lease(conn, row, queue, run_spec, agent_id, generation, now)
         return None
+
+    def _reclaim_expired(self, conn: Connection, queue: str, now: float) -> None:
+        self._next_reclaim[queue] = now + RECLAIM_EVERY
+        self._requeue_expired_leases(conn, now, None)
 
     def _lease(
         self,
@@ -978,10 +981,29 @@ def _read_files(paths: list[str]) -> dict[str, str]:
     return stored
 
 
+def _next_pending(queue: str) -> Any:
+    """The queue's next PENDING item, locked (rows other agents hold are skipped)."""
+    queue_id = select(queues.c.id).where(queues.c.name == queue).scalar_subquery()
+    return (
+        select(
+            items.c.id,
+            cast(items.c.run_spec, Text).label("raw_spec"),
+            items.c.priority,
+            items.c.attempts,
+        )
+        .where(items.c.queue_id == queue_id, items.c.state == ItemState.PENDING.value)
+        .order_by(items.c.priority, items.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        # No pre-ping (a round trip per transaction): a connection found dead fails its
+        # operation, which the Reconnector retries on a fresh one.
+        return create_engine(url, future=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -116,7 +116,7 @@ def test_jobs_overlap_up_to_max_jobs_and_never_beyond(
     backend: SqlBackend, flow_settings: dict[str, Any], tmp_path: Path
 ) -> None:
     log = tmp_path / "records.log"
-    items = [backend.push_to_run_queue("q3", record_job(log, sleep=2.0)) for _ in range(6)]
+    items = [backend.push_to_run_queue("q3", record_job(log, sleep=1.0, meet=2)) for _ in range(6)]
 
     state = run_drain(flow_settings, queues=["q3"], max_jobs=3)
 
