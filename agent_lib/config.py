@@ -41,7 +41,12 @@ DEFAULT_PROJECT = "model-registry"
 # LAUNCH_AGENT_* variables that are not config keys: the config file's own variable, and
 # the test suite's and crash-injection switches. Any other one is a typo, and is warned of.
 NON_CONFIG_ENV = frozenset(
-    {CONFIG_FILE_ENV, "LAUNCH_AGENT_CRASH_AT", "LAUNCH_AGENT_REQUIRE_SERVICES"}
+    {
+        CONFIG_FILE_ENV,
+        "LAUNCH_AGENT_CRASH_AT",
+        "LAUNCH_AGENT_REQUIRE_SERVICES",
+        "LAUNCH_AGENT_FORK_SERVER",  # read by the local-process runner
+    }
 )
 NON_CONFIG_ENV_PREFIXES = ("LAUNCH_AGENT_TEST_",)
 

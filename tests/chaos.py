@@ -7,6 +7,8 @@ item got a wrong or lost outcome, any job started twice, or any process was orph
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -165,6 +167,10 @@ def _supervisors_under(workdir: Path) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "supervisor" in cmdline and str(workdir) in cmdline and _alive(int(entry.name)):
-            found.append(f"supervisor pid {entry.name}: {cmdline[:120]}")
+        if "forkserver.py" in cmdline:  # a fork server's fork: its folder is its cwd
+            with contextlib.suppress(OSError):
+                cmdline += " cwd=" + os.readlink(entry / "cwd")
+        supervised = "supervisor" in cmdline or "forkserver.py" in cmdline
+        if supervised and str(workdir) in cmdline and _alive(int(entry.name)):
+            found.append(f"supervisor pid {entry.name}: {cmdline[:200]}")
     return found

@@ -4,6 +4,12 @@ The job is started by a small supervisor (`supervisor.py`) in its own session, n
 agent, so it outlives the agent. The supervisor records the job's claim, its pid and its end
 in `<job_dir>/supervisor/`; `find` reads them back, so a restarted agent re-attaches to a
 running job (or gets the end of one that ended while it was away) and never starts it twice.
+
+The supervisor is normally a fork of the agent's fork server (`forkserver.py`: ~1 ms instead
+of a new interpreter's ~25 ms); it is the same supervisor either way. When the fork server
+is gone, broken or refuses a request, the runner starts the supervisor directly
+(`python -I -S supervisor.py`), as it always could; `LAUNCH_AGENT_FORK_SERVER=0` in the
+agent's environment always does (for comparison and as a way out).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import select
 import signal
 import sys
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
 from agent_lib.errors import LaunchError, SpecError
-from agent_lib.runners import supervisor
+from agent_lib.runners import forkserver, supervisor
 from agent_lib.runners.base import (
     PREEMPTING_SIGNALS,
     LaunchContext,
@@ -41,6 +48,27 @@ SUPERVISOR_DIED = "its supervisor died before recording the job's end"
 # How long `find` waits for a just-started supervisor to record its job (it takes ms).
 _STARTUP_WAIT = 10.0
 _STARTUP_STEP = 0.01
+
+FORK_SERVER_SWITCH = "LAUNCH_AGENT_FORK_SERVER"
+
+# One fork server per event loop (its socket is awaited on that loop); dropped with the loop.
+_FORK_SERVERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, forkserver.ForkServerClient]
+_FORK_SERVERS = weakref.WeakKeyDictionary()
+
+
+def fork_server() -> forkserver.ForkServerClient | None:
+    """This event loop's fork server client; None if it is switched off or gave up."""
+    if os.environ.get(FORK_SERVER_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    loop = asyncio.get_running_loop()
+    client = _FORK_SERVERS.get(loop)
+    if client is None or client.owner != os.getpid():  # a new loop, or a forked agent
+        for other, old in list(_FORK_SERVERS.items()):
+            if other.is_closed():
+                old.close()
+                del _FORK_SERVERS[other]
+        client = _FORK_SERVERS[loop] = forkserver.ForkServerClient()
+    return client if client.usable else None  # after repeated failures: direct spawn
 
 
 class LocalProcessRunner:
@@ -70,6 +98,81 @@ class LocalProcessRunner:
             raise SpecError(f"resource_args.local-process.env: {exc}") from None
         env.update(context.env)
         launch_id = uuid.uuid4().hex
+        job_dir = os.path.abspath(context.job_dir)
+        log = os.path.abspath(context.log_path)
+        client = fork_server()
+        if client is not None:
+            request = {
+                "job_dir": job_dir,
+                "launch_id": launch_id,
+                "cwd": str(cwd),
+                "log": log,
+                "argv": list(context.command),
+                "env": env,
+            }
+            forked = await self._run_forked(context, folder, client, request)
+            if forked is not None:
+                return forked
+        return await self._run_direct(context, folder, job_dir, launch_id, cwd, log, env)
+
+    async def _run_forked(
+        self,
+        context: LaunchContext,
+        folder: Path,
+        client: forkserver.ForkServerClient,
+        request: dict[str, Any],
+    ) -> LocalSubmittedRun | None:
+        """Start the supervisor as a fork of the fork server; None if no supervisor was
+        started that way (and none holds the job): the caller then starts one directly."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        spawned: forkserver.Spawned | None = None
+        try:
+            try:
+                spawned = await client.spawn(request, write_end)
+            finally:
+                os.close(write_end)  # the supervisor holds the last write end
+            # A line if a supervisor runs; EOF if none does (or it died before its handshake).
+            line = await forkserver.read_handshake(read_end)
+        except BaseException:  # cancelled: the job (if any) goes on, found later by its claim
+            if spawned is not None:
+                spawned.close()
+            raise
+        finally:
+            os.close(read_end)
+        kind, _, rest = line.partition(" ")
+        if kind == "started":
+            claim = _read_json(folder / supervisor.CLAIM) or {}
+            if spawned is not None and spawned.pidfd is not None:
+                return LocalSubmittedRun(folder, context.log_path, claim, pidfd=spawned.pidfd)
+            # The server's reply was lost: follow the supervisor by its claim, as after a restart.
+            found = await self.find(context)
+            if found is not None:
+                return found.started()
+            raise LaunchError(f"the job's supervisor started but left no claim in {folder}")
+        if spawned is not None:
+            spawned.close()
+        if kind == "error":
+            raise LaunchError(str(json.loads(rest)))
+        found = await self.find(context)  # claimed by another supervisor, or by one that died
+        if found is not None:
+            return found.started()
+        if kind == "claimed-by-other":
+            raise LaunchError(f"the job's supervisor found a claim that vanished in {folder}")
+        if spawned is not None:  # a fork that died before it claimed the job: not to be trusted
+            client.failed()
+        return None  # no supervisor holds the job: start one directly
+
+    async def _run_direct(
+        self,
+        context: LaunchContext,
+        folder: Path,
+        job_dir: str,
+        launch_id: str,
+        cwd: Path,
+        log: str,
+        env: dict[str, str],
+    ) -> LocalSubmittedRun:
+        """Start the supervisor as a new interpreter (the fork server's fallback)."""
         with (folder / supervisor.LOG).open("ab") as errors:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -77,13 +180,13 @@ class LocalProcessRunner:
                 "-S",  # no site-packages scan: it starts in a few ms
                 str(SUPERVISOR_SCRIPT),
                 "--job-dir",
-                os.path.abspath(context.job_dir),
+                job_dir,
                 "--launch-id",
                 launch_id,
                 "--cwd",
                 str(cwd),
                 "--log",
-                os.path.abspath(context.log_path),
+                log,
                 "--",
                 *context.command,
                 cwd=context.job_dir,

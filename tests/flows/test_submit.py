@@ -104,7 +104,11 @@ def test_a_submit_run_of_the_deployment_pushes_a_job_an_agent_finishes(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     finished = asyncio.run(read_run(run.id))
-    assert finished.state is not None and finished.state.is_completed(), finished.state
+    assert finished.state is not None and finished.state.is_completed(), (
+        finished.state,
+        done.stdout[-4000:],
+        done.stderr[-4000:],
+    )
 
     (item,) = backend.list_items("from-ui", None, 10)
     assert item.priority == 1

@@ -16,7 +16,9 @@ from tests.wandb.server import FakeWandb
 
 # The job's code: stdlib only (its virtual environment has just its requirements). It
 # registers its run as `wandb.init` would, then reports what it saw.
-MAIN = REGISTER_RUN + r"""
+MAIN = (
+    REGISTER_RUN
+    + r"""
 import sys
 try:
     import tinylib
@@ -29,6 +31,7 @@ seen = {"argv": sys.argv[1:], "cwd": os.getcwd(), "python": sys.executable,
 with open(env["REPORT"], "w") as f:
     json.dump(seen, f)
 """
+)
 
 
 def main_py(version: str) -> bytes:
