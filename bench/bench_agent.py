@@ -103,7 +103,7 @@ def main() -> None:
             time.sleep(1.0)
             print(
                 latency_summary(
-                    "push -> job start (idle agent, poll 0.1 s)",
+                    "push -> job start (idle agent, woken by the push)",
                     push_to_start(db, work, args.rounds),
                 )
             )
