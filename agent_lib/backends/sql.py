@@ -120,9 +120,20 @@ class SqlBackend:
             try:
                 yield conn
             finally:
-                woken: set[str] | None = conn.info.pop(_WAKE_KEY, None)
+                woken = self._take_wake(conn)
         if woken and self._waker is not None:  # committed: now agents can see the items
             self._waker.announce(woken)
+
+    def _take_wake(self, conn: Connection) -> set[str] | None:
+        """The queues this transaction announces (SQLite only). Never raises: on a dead
+        connection `conn.info` does, which would hide the error the Reconnector retries."""
+        if self._waker is None:
+            return None
+        try:
+            woken: set[str] | None = conn.info.pop(_WAKE_KEY, None)
+        except Exception:
+            return None
+        return woken
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
