@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
 import threading
 import time
@@ -67,11 +67,8 @@ def test_sockets_of_gone_agents_are_removed_and_long_paths_work(tmp_path: Path) 
     listener = LocalListener(folder)
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale = folder / "gone.sock"
-    os.chdir(folder)  # bind a short relative path: the socket of an agent that died
-    try:
+    with contextlib.chdir(folder):  # bind a short relative path: a dead agent's socket
         gone.bind("gone.sock")
-    finally:
-        os.chdir(tmp_path)
     gone.close()
     assert stale.exists()
     LocalWaker(folder).announce({"q"})
