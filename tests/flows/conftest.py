@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,10 @@ from typing import Any
 import pytest
 
 from tests.services import missing_service
+
+# The real CLI, as a user runs it (the venv's `prefect` script).
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+DEPLOYMENT_NAMES = ("launch-agent/agent", "drain/drain", "submit/submit")
 
 # The ephemeral server's telemetry heartbeat fights the tests for SQLite's write lock.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -42,3 +49,29 @@ def flow_settings(tmp_path: Path, db_url: str) -> dict[str, Any]:
             "cancel_grace": 2.0,
         },
     }
+
+
+async def delete_deployments() -> None:
+    """Delete the project's deployments (agent, drain, submit) if they exist."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        for name in DEPLOYMENT_NAMES:
+            with contextlib.suppress(ObjectNotFound):
+                deployment = await client.read_deployment_by_name(name)
+                await client.delete_deployment(deployment.id)
+
+
+async def read_deployment(name: str) -> Any:
+    from prefect import get_client
+
+    async with get_client() as client:
+        return await client.read_deployment_by_name(name)
+
+
+@pytest.fixture
+def no_deployment_left(prefect_server: str) -> Iterator[None]:
+    """Other tests create runs of these deployments: leave none with this test's parameters."""
+    yield
+    asyncio.run(delete_deployments())

@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound
 
 from deployments.serve import build_deployments
+from tests.flows.conftest import PREFECT, read_deployment
 from tests.helpers import REPO
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_deployment_left")]
 
-# The real CLI, as a user runs it (the venv's `prefect` script).
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 DEPLOY_FILE = ["--prefect-file", "deployments/prefect.yaml"]
-
-
-DEPLOYMENT_NAMES = ("launch-agent/agent", "drain/drain", "submit/submit")
-
-
-async def delete_deployments() -> None:
-    async with get_client() as client:
-        for name in DEPLOYMENT_NAMES:
-            with contextlib.suppress(ObjectNotFound):
-                deployment = await client.read_deployment_by_name(name)
-                await client.delete_deployment(deployment.id)
-
-
-@pytest.fixture(autouse=True)
-def no_deployment_left(prefect_server: str) -> Iterator[None]:
-    """Other tests create runs of these deployments: leave none with this test's parameters."""
-    yield
-    asyncio.run(delete_deployments())
-
-
-async def read_deployment(name: str) -> DeploymentResponse:
-    async with get_client() as client:
-        return await client.read_deployment_by_name(name)
 
 
 def assert_one_at_a_time(deployment: DeploymentResponse) -> None:

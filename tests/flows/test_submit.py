@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound
 
 from agent_lib.backends import SqlBackend
 from agent_lib.errors import SpecError
@@ -24,42 +18,18 @@ from agent_lib.states import ItemState
 from deployments.serve import build_deployments
 from flows import submit
 from flows.submit import build_spec
+from tests.flows.conftest import PREFECT, read_deployment
 from tests.flows.prefect_reads import artifacts_of, subflow_runs
 from tests.flows.test_agent_flow import run_drain, wait_for_logs
 from tests.helpers import PYTHON, REPO
 
-pytestmark = [pytest.mark.slow]
-
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-DEPLOYMENT_NAMES = ("launch-agent/agent", "drain/drain", "submit/submit")
-
-
-async def delete_deployments() -> None:
-    async with get_client() as client:
-        for name in DEPLOYMENT_NAMES:
-            with contextlib.suppress(ObjectNotFound):
-                deployment = await client.read_deployment_by_name(name)
-                await client.delete_deployment(deployment.id)
-
-
-@pytest.fixture(autouse=True)
-def no_deployment_left(prefect_server: str) -> Iterator[None]:
-    """Other tests create runs of these deployments: leave none with this test's parameters."""
-    yield
-    asyncio.run(delete_deployments())
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_deployment_left")]
 
 
 async def create_submit_run(parameters: dict[str, Any]) -> FlowRun:
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("submit/submit")
         return await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-
-
-async def read_deployment(name: str) -> DeploymentResponse:
-    async with get_client() as client:
-        return await client.read_deployment_by_name(name)
 
 
 async def read_run(run_id: UUID) -> FlowRun:

@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +26,11 @@ from agent_lib.backends import SqlBackend
 from agent_lib.states import AgentStatus, ItemState
 from deployments import deploy
 from deployments.serve import build_deployments
+from tests.flows.conftest import PREFECT, delete_deployments
 from tests.helpers import REPO, alive, sh_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-DEPLOYMENT_NAMES = ("launch-agent/agent", "drain/drain", "submit/submit")
 # What a process worker logs when a flow run's process exits with a non-zero code.
 BAD_EXIT = "Process exited with status code"
 
@@ -43,11 +41,8 @@ async def create_pool(name: str) -> None:
 
 
 async def delete_pool_and_deployments(name: str) -> None:
+    await delete_deployments()
     async with get_client() as client:
-        for deployment_name in DEPLOYMENT_NAMES:
-            with contextlib.suppress(ObjectNotFound):
-                deployment = await client.read_deployment_by_name(deployment_name)
-                await client.delete_deployment(deployment.id)
         with contextlib.suppress(ObjectNotFound):
             await client.delete_work_pool(name)
 
