@@ -90,31 +90,29 @@ def drain(work: Path, jobs: int, max_jobs: int) -> tuple[float, float]:
     return last - first, wall
 
 
+def idle_agent_latencies(work: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """(push -> job start, job exit -> next job start) for an idle `launch-agent run`."""
+    db_url = f"sqlite:///{work / 'queue.db'}"
+    db = open_backend(db_url)
+    agent = start_agent(db_url, work / "agent", "-q", "bench")
+    try:
+        time.sleep(1.0)
+        return push_to_start(db, work, rounds), slot_reuse(db, work, rounds)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        db.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        db_url = f"sqlite:///{work / 'queue.db'}"
-        db = open_backend(db_url)
-        agent = start_agent(db_url, work / "agent", "-q", "bench")
-        try:
-            time.sleep(1.0)
-            print(
-                latency_summary(
-                    "push -> job start (idle agent, woken by the push)",
-                    push_to_start(db, work, args.rounds),
-                )
-            )
-            print(
-                latency_summary(
-                    "job exit -> next job start (max_jobs 1)", slot_reuse(db, work, args.rounds)
-                )
-            )
-        finally:
-            agent.terminate()
-            agent.wait(timeout=30)
+        started, reused = idle_agent_latencies(work, args.rounds)
+        print(latency_summary("push -> job start (idle agent, woken by the push)", started))
+        print(latency_summary("job exit -> next job start (max_jobs 1)", reused))
         span, wall = drain(work, 20, 4)
         print(
             f"drain 20 trivial jobs, max_jobs 4: {span:.2f} s first claim -> last finish, "

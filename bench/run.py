@@ -16,32 +16,19 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent_lib.backends import open_backend
 from bench import bench_agent, bench_cli, bench_throughput
-from bench.common import start_agent
 
 Row = tuple[str, str, str]
 
 
 def idle_latency(rounds: int) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        db_url = f"sqlite:///{work / 'queue.db'}"
-        db = open_backend(db_url)
-        agent = start_agent(db_url, work / "agent", "-q", "bench")
-        try:
-            time.sleep(1.0)
-            latencies = bench_agent.push_to_start(db, work, rounds)
-        finally:
-            agent.terminate()
-            agent.wait(timeout=30)
-            db.close()
+        latencies, _ = bench_agent.idle_agent_latencies(Path(tmp), rounds)
     median = statistics.median(latencies) * 1000
     return [("push -> job start, idle SQLite agent (median)", f"{median:.0f} ms", "<= 20 ms")]
 
