@@ -804,4 +804,8 @@ def cmd_stop_agent(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m agent_lib.cli` runs this file as `__main__`; the sweep commands import
+    # `agent_lib.cli`, a second copy with its own CliError. Hand over to that one copy.
+    from agent_lib.cli import main as module_main
+
+    sys.exit(module_main())

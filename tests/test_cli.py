@@ -102,6 +102,9 @@ def test_unknown_items_exit_3(tmp_path: Path) -> None:
         assert result.returncode == 3
         assert "no item '99'" in result.stderr
     assert cli("stop-agent", "ghost", data_dir=tmp_path).returncode == 3
+    # The sweep commands live in another module; their errors are the CLI's all the same.
+    sweep = cli("sweep", "show", "ghost", data_dir=tmp_path)
+    assert (sweep.returncode, sweep.stderr) == (3, "launch-agent: no sweep 'ghost'\n")
 
 
 def test_cancel_a_queued_item(tmp_path: Path) -> None:
