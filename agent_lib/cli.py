@@ -4,6 +4,10 @@ Exit codes: 0 success; 1 an operation failed (backend, or `wait` on an item that
 finish); 2 bad usage or config (a backend URL, password or key the backend refuses is
 config); 3 no such item or agent (an id that cannot be one, like `abc`, too). Whatever
 the input, the user gets one line saying what is wrong, never a traceback.
+
+Only light modules are imported here; each command imports what it needs (SQLAlchemy,
+pydantic, the config), so `--help` answers at once and `push` pays for no more than it
+uses (bench/bench_cli.py measures both).
 """
 
 from __future__ import annotations
@@ -23,18 +27,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from sqlalchemy.exc import ArgumentError
-
 from agent_lib import __version__
-from agent_lib.backends import SqlBackend, open_backend
-from agent_lib.backends.base import ItemInfo, StopRequest
-from agent_lib.backends.db_retry import DatabaseAccessError
-from agent_lib.backends.sql import MAX_ITEM_ID
-from agent_lib.backends.sql import item_key as database_item_key
+from agent_lib.backends.item_keys import MAX_ITEM_ID
+from agent_lib.backends.item_keys import item_key as database_item_key
 from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
 from agent_lib.backends.wandb_auth import is_wandb_url
-from agent_lib.config import AgentConfig, queue_name_problem
 from agent_lib.errors import BackendError, ConfigError, TransientError, WandbAuthError
 from agent_lib.files import job_dir_for
 from agent_lib.redact import (
@@ -43,14 +40,16 @@ from agent_lib.redact import (
     redact_mapping,
     register_secrets_in,
 )
-from agent_lib.runners import available_resources
-from agent_lib.runners.base import read_log_tail
-from agent_lib.spec import LOCAL_PROCESS, LaunchSpec
 from agent_lib.states import TERMINAL_ITEM_STATES, ItemState
+from agent_lib.sweep_parser import add_sweep_commands
+from agent_lib.yaml_text import load_yaml
 
-if TYPE_CHECKING:  # imported where used: `push` or `--help` need neither
+if TYPE_CHECKING:  # imported where used (see the module docstring)
     from agent_lib.agent import LaunchAgent
+    from agent_lib.backends import SqlBackend
+    from agent_lib.backends.base import ItemInfo
     from agent_lib.backends.wandb import WandbBackend
+    from agent_lib.config import AgentConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -256,8 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("agent", help="agent id or name")
     stop.set_defaults(handler=cmd_stop_agent)
 
-    from agent_lib.sweep_cli import add_sweep_commands  # here: it imports this module
-
     add_sweep_commands(sub, common)
     return parser
 
@@ -266,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     install_log_redaction()
+    from agent_lib.backends.db_retry import DatabaseAccessError  # once parsing is done
+
     try:
         with short_connect_timeout(args.handler is not cmd_run):
             return int(args.handler(args))
@@ -295,6 +294,8 @@ def fail(message: str, code: int) -> int:
 
 # -- helpers --
 def load_config(args: argparse.Namespace, **overrides: Any) -> AgentConfig:
+    from agent_lib.config import AgentConfig
+
     return AgentConfig.load(
         args.config, backend_url=args.backend, data_dir=args.data_dir, **overrides
     )
@@ -306,6 +307,10 @@ def open_any_backend(config: AgentConfig, interactive: bool = True) -> SqlBacken
     `interactive` (every command but `run`): a short wait for an unreachable database
     (CLI_RETRY_WINDOW) and no NOTIFY listener; an agent waits out outages for minutes.
     """
+    from sqlalchemy.exc import ArgumentError
+
+    from agent_lib.backends import SqlBackend, open_backend
+
     url = config.resolved_backend_url
     shown = display_url(url)
     if not is_sql_url(url) and not is_wandb_url(url):
@@ -357,6 +362,8 @@ def _first_line(exc: BaseException) -> str:
 
 def open_queue_db(config: AgentConfig) -> SqlBackend:
     """The SQL backend: listing and inspecting commands read its tables directly."""
+    from agent_lib.backends import SqlBackend
+
     backend = open_any_backend(config)
     if not isinstance(backend, SqlBackend):
         backend.close()
@@ -521,12 +528,14 @@ async def _run_with_signals(agent: LaunchAgent) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    from agent_lib.spec import LOCAL_PROCESS, LaunchSpec
+
     spec: dict[str, Any] = {}
     if args.spec:
         text = _read_stdin() if args.spec == "-" else _read_text(args.spec)
         try:
-            loaded = yaml.safe_load(text)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
+            loaded = load_yaml(text)  # YAML is a superset of JSON
+        except ValueError as exc:
             raise CliError(f"{args.spec}: not valid JSON or YAML: {exc}", EXIT_USAGE) from exc
         if not isinstance(loaded, dict):
             raise CliError(f"{args.spec}: a launch spec must be a mapping", EXIT_USAGE)
@@ -565,8 +574,8 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise CliError(f"--set {pair!r}: expected KEY=VALUE", EXIT_USAGE)
         try:
-            run_config[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
+            run_config[key] = load_yaml(value)
+        except ValueError as exc:
             first = (str(exc).splitlines() or ["?"])[0]
             raise CliError(
                 f"--set {pair!r}: VALUE is not valid YAML ({first})", EXIT_USAGE
@@ -633,6 +642,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         if isinstance(exc, CliError):
             raise
         raise CliError(str(exc), EXIT_USAGE) from exc
+    from agent_lib.config import queue_name_problem
+    from agent_lib.runners import available_resources
+
     problem = queue_name_problem(args.queue)
     if problem:
         raise CliError(f"--queue: {problem}", EXIT_USAGE)
@@ -700,6 +712,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from agent_lib.backends.base import StopRequest
+    from agent_lib.runners.base import read_log_tail
+
     config = load_config(args)
     db = open_queue_db(config)
     info = get_item_or_fail(db, args.item)

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +32,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from agent_lib.errors import ConfigError
+from agent_lib.yaml_text import load_yaml
 
 ENV_PREFIX = "LAUNCH_AGENT_"
 CONFIG_FILE_ENV = "LAUNCH_AGENT_CONFIG"
@@ -310,14 +310,14 @@ def _read_yaml_keys(path: Path) -> set[str]:
             raise ConfigError(f"{path}: config file not found")
         if path.is_dir():
             raise ConfigError(f"{path}: is a folder, not a config file")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not a text file (byte {exc.start} is not UTF-8); the config is a YAML file"
         ) from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
+    except ValueError as exc:  # not YAML
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values")

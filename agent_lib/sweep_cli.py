@@ -1,4 +1,4 @@
-"""`launch-agent sweep ...`: W&B-style sweeps on our own (SQL) queues.
+"""`launch-agent sweep ...`: the commands' bodies (their arguments: sweep_parser.py).
 
     launch-agent sweep create CONFIG.yaml -q QUEUE [--job NAME | -- COMMAND...]
     launch-agent sweep list
@@ -17,8 +17,6 @@ import secrets
 import string
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from agent_lib.backends.sql_sweeps import SweepError, SweepRecord, SweepRunRecord
 from agent_lib.cli import (
@@ -42,66 +40,10 @@ from agent_lib.spec import LaunchSpec
 from agent_lib.states import TERMINAL_ITEM_STATES
 from agent_lib.sweeps.config import SweepConfig, flatten, parse_sweep_config
 from agent_lib.sweeps.runs import run_spec, run_template, scheduler_spec
+from agent_lib.yaml_text import load_yaml
 
 SWEEP_ID_ALPHABET = string.ascii_lowercase + string.digits
 MAX_CONFIG_BYTES = 256 * 1024
-
-
-def add_sweep_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add `sweep` and its subcommands to the CLI's parser."""
-    sweep = sub.add_parser(
-        "sweep",
-        help="hyperparameter sweeps on your own queues (W&B's sweep config, searched by Optuna)",
-        description="Sweeps on the SQL backend: W&B's sweep config format (method grid, random "
-        "or bayes; metric; parameters; run_cap; early_terminate hyperband; command), searched "
-        "by Optuna, run by a scheduler item that pushes the runs.",
-    )
-    verbs = sweep.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND", required=True)
-    # The options alone: what follows CONFIG is parsed again with them (see create_options).
-    options = argparse.ArgumentParser(add_help=False, parents=[common], prog="sweep create")
-    options.add_argument(
-        "-q", "--queue", default="default", help="queue for the scheduler and runs"
-    )
-    options.add_argument("--job", help="a named job of the agent's config for every run")
-    options.add_argument("--resource", help="where runs run (default: the agent's default)")
-    options.add_argument("--image", help="docker image of the runs (local-container)")
-    options.add_argument("--priority", default=None, help="priority of the runs (see push)")
-    options.add_argument("--seed", type=int, help="seed of the search (default: random)")
-    create = verbs.add_parser(
-        "create",
-        parents=[options],
-        help="create a sweep from a W&B sweep config and queue its scheduler",
-        epilog="example: launch-agent sweep create sweep.yaml -q default -- python train.py",
-    )
-    create.add_argument("config_file", metavar="CONFIG", help="sweep config, YAML or JSON")
-    create.set_defaults(options_parser=options)
-    create.add_argument(
-        "command",
-        nargs=argparse.REMAINDER,
-        help="after '--': each run's command; the parameters are appended as --name=value "
-        "unless it holds an args macro such as ${args}",
-    )
-    create.set_defaults(handler=cmd_sweep_create)
-
-    listing = verbs.add_parser("list", parents=[common], help="list sweeps")
-    listing.set_defaults(handler=cmd_sweep_list)
-
-    show = verbs.add_parser(
-        "show", parents=[common], help="a sweep: state, runs, parameters, metric, best run"
-    )
-    show.add_argument("sweep_id", metavar="ID")
-    show.set_defaults(handler=cmd_sweep_show)
-
-    helps = {
-        "pause": "stop asking for new runs (queued and running runs go on)",
-        "resume": "ask for runs again (re-queues the scheduler if it ended)",
-        "stop": "finish the sweep: no new runs, queued runs dropped, running runs finish",
-        "cancel": "cancel the sweep: its queued and running runs are stopped now",
-    }
-    for verb, text in helps.items():
-        parser = verbs.add_parser(verb, parents=[common], help=text)
-        parser.add_argument("sweep_id", metavar="ID")
-        parser.set_defaults(handler=cmd_sweep_change, action=verb)
 
 
 def new_sweep_id() -> str:
@@ -118,8 +60,8 @@ def read_config(path: str) -> Any:
     if len(data) > MAX_CONFIG_BYTES:
         raise CliError(f"{path}: the sweep config is larger than 256 KiB", EXIT_USAGE)
     try:
-        return yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        return load_yaml(data.decode("utf-8"))
+    except ValueError as exc:  # not UTF-8 (a UnicodeDecodeError), or not YAML
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"{path}: not valid YAML or JSON: {first}", EXIT_USAGE) from exc
 
@@ -382,4 +324,4 @@ def _requeue_scheduler(db: Any, sweep_id: str) -> str | None:
     return item_id
 
 
-__all__ = ["EXIT_FAILED", "add_sweep_commands"]
+__all__ = ["EXIT_FAILED"]

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
-from agent_lib.backends.sql import SqlBackend
 from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
 from agent_lib.backends.wandb_auth import is_wandb_url
 
 if TYPE_CHECKING:
+    from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
+    from agent_lib.backends.sql import SqlBackend
     from agent_lib.backends.wandb import WandbBackend
+
+# Loaded on first use: the package's light modules (URLs, item keys) must not cost the
+# import of SQLAlchemy, pydantic or the W&B client (requests) to whoever needs only them.
+_LAZY = {
+    "AgentRecord": "agent_lib.backends.base",
+    "Backend": "agent_lib.backends.base",
+    "ItemInfo": "agent_lib.backends.base",
+    "QueueSummary": "agent_lib.backends.base",
+    "SqlBackend": "agent_lib.backends.sql",
+    "WandbBackend": "agent_lib.backends.wandb",
+}
 
 __all__ = [
     "AgentRecord",
@@ -31,6 +43,8 @@ def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBac
     queues, where W&B's own lease applies (`lease_seconds` is not used).
     """
     if is_sql_url(url):
+        from agent_lib.backends.sql import SqlBackend
+
         return SqlBackend(sqlalchemy_url(url), lease_seconds)
     if is_wandb_url(url):
         from agent_lib.backends.wandb import WandbBackend
@@ -43,9 +57,8 @@ def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBac
 
 
 def __getattr__(name: str) -> Any:
-    """`WandbBackend` on first use: the W&B client (requests) is not loaded for SQL queues."""
-    if name == "WandbBackend":
-        from agent_lib.backends.wandb import WandbBackend
-
-        return WandbBackend
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'agent_lib.backends' has no attribute {name!r}")

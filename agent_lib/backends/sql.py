@@ -42,6 +42,7 @@ from sqlalchemy.engine import make_url
 from agent_lib.backends import migrations, sql_liveness, sql_sweeps
 from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary, StopRequest
 from agent_lib.backends.db_retry import Reconnector
+from agent_lib.backends.item_keys import item_key
 from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
 from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
 from agent_lib.backends.sql_schema import agents, insert_item, items, queues, sweeps
@@ -839,18 +840,6 @@ class SqlBackend:
         with self._read() as conn:
             row = conn.execute(_item_select().where(items.c.id == key)).first()
         return _item_info(row) if row is not None else None
-
-
-MAX_ITEM_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
-
-
-def item_key(item_id: str) -> int | None:
-    """An item id as the database's key; None for anything that cannot be one."""
-    try:
-        key = int(item_id)
-    except (TypeError, ValueError):
-        return None
-    return key if 0 < key <= MAX_ITEM_ID else None
 
 
 def decode_run_spec(raw: Any) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from agent_lib.config import AgentConfig
 from agent_lib.errors import SpecError
 from agent_lib.runners.base import LaunchContext, Runner, Status, SubmittedRun
-from agent_lib.runners.local_process import LocalProcessRunner
 from agent_lib.spec import LOCAL_CONTAINER, LOCAL_PROCESS
+
+if TYPE_CHECKING:
+    from agent_lib.config import AgentConfig
+    from agent_lib.runners.local_process import LocalProcessRunner
 
 __all__ = [
     "LaunchContext",
@@ -21,7 +24,14 @@ __all__ = [
     "register_runner",
 ]
 
-RunnerFactory = Callable[[AgentConfig], Runner]
+RunnerFactory = Callable[["AgentConfig"], Runner]
+
+
+def _local_process(_config: AgentConfig) -> Runner:
+    # Imported on use, like the others: `launch-agent push` checks resource names only.
+    from agent_lib.runners.local_process import LocalProcessRunner
+
+    return LocalProcessRunner()
 
 
 def _local_container(config: AgentConfig) -> Runner:
@@ -39,7 +49,7 @@ def _kubernetes(config: AgentConfig) -> Runner:
 
 
 _FACTORIES: dict[str, RunnerFactory] = {
-    LOCAL_PROCESS: lambda _config: LocalProcessRunner(),
+    LOCAL_PROCESS: _local_process,
     LOCAL_CONTAINER: _local_container,
     "kubernetes": _kubernetes,
 }
@@ -62,3 +72,11 @@ def make_runner(resource: str, config: AgentConfig) -> Runner:
             f"resource {resource!r} is not supported by this agent (supported: {known})"
         )
     return factory(config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalProcessRunner":
+        from agent_lib.runners.local_process import LocalProcessRunner
+
+        return LocalProcessRunner
+    raise AttributeError(f"module 'agent_lib.runners' has no attribute {name!r}")
