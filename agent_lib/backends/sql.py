@@ -39,13 +39,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from agent_lib.backends import migrations, sql_liveness, sql_sweeps
+from agent_lib.backends import migrations, sql_liveness, sql_statements, sql_sweeps
 from agent_lib.backends.base import AgentRecord, ItemInfo, Lease, QueueSummary, StopRequest
 from agent_lib.backends.db_retry import Reconnector
 from agent_lib.backends.item_keys import item_key
 from agent_lib.backends.pg_notify import PgListener, libpq_conninfo, notify_items
 from agent_lib.backends.sql_liveness import DEFAULT_AGENT_TIMEOUT, LostAgent
 from agent_lib.backends.sql_schema import agents, insert_item, items, queues, sweeps
+from agent_lib.backends.sql_statements import held
 from agent_lib.backends.sqlite_wake import LocalListener, LocalWaker, wake_dir_for
 from agent_lib.errors import BackendError
 from agent_lib.spec import QueueItem
@@ -61,7 +62,6 @@ MAX_UNREADABLE_PER_POP = 100
 RECLAIM_EVERY = 1.0
 # Where a SQLite transaction keeps the queues to announce once it commits (conn.info).
 _WAKE_KEY = "launch_agent_wake"
-ACTIVE_STATES = (ItemState.PENDING, ItemState.LEASED, ItemState.CLAIMED)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -298,11 +298,11 @@ class SqlBackend:
             if reclaimed:  # at most once a second while draining, and whenever it runs dry
                 self._reclaim_expired(conn, queue, now)
             for _ in range(MAX_UNREADABLE_PER_POP):
-                row = conn.execute(_next_pending(queue)).first()
+                row = conn.execute(sql_statements.NEXT_PENDING, {"queue": queue}).first()
                 if row is None and not reclaimed:
                     reclaimed = True
                     self._reclaim_expired(conn, queue, now)
-                    row = conn.execute(_next_pending(queue)).first()
+                    row = conn.execute(sql_statements.NEXT_PENDING, {"queue": queue}).first()
                 if row is None:
                     return None
                 try:
@@ -330,17 +330,15 @@ class SqlBackend:
     ) -> Lease:
         attempt = row.attempts + 1
         conn.execute(
-            update(items)
-            .where(items.c.id == row.id)
-            .values(
-                state=ItemState.LEASED.value,
-                agent_id=agent_id,
-                agent_generation=generation,
-                leased_at=now,
-                lease_expires_at=now + self.lease_seconds,
-                attempts=attempt,
-                updated_at=now,
-            )
+            sql_statements.LEASE,
+            {
+                "item_id": row.id,
+                "v_agent": agent_id,
+                "v_generation": generation,
+                "v_now": now,
+                "v_expires": now + self.lease_seconds,
+                "v_attempts": attempt,
+            },
         )
         item = QueueItem(
             id=str(row.id), queue=queue, run_spec=run_spec, priority=row.priority, attempt=attempt
@@ -350,19 +348,7 @@ class SqlBackend:
     def _may_have_work(self, queue: str, now: float) -> bool:
         """A lock-free look first, so idle polling never takes the write lock."""
         with self._read() as conn:
-            hit = conn.execute(
-                select(items.c.id)
-                .join(queues, queues.c.id == items.c.queue_id)
-                .where(
-                    queues.c.name == queue,
-                    or_(
-                        items.c.state == ItemState.PENDING.value,
-                        (items.c.state == ItemState.LEASED.value)
-                        & (items.c.lease_expires_at < now),
-                    ),
-                )
-                .limit(1)
-            ).first()
+            hit = conn.execute(sql_statements.MAY_HAVE_WORK, {"queue": queue, "now": now}).first()
         return hit is not None
 
     def _requeue_expired_leases(self, conn: Connection, now: float, qid: int | None) -> int:
@@ -390,19 +376,8 @@ class SqlBackend:
         commit was lost with the connection finds its own claim and succeeds again."""
         now = time.time()
         with self._tx() as conn:
-            result = conn.execute(
-                update(items)
-                .where(
-                    _held_by(lease),
-                    or_(
-                        items.c.state == ItemState.LEASED.value,
-                        (items.c.state == ItemState.CLAIMED.value) & (items.c.run_id == run_id),
-                    ),
-                )
-                .values(
-                    state=ItemState.CLAIMED.value, run_id=run_id, claimed_at=now, updated_at=now
-                )
-            )
+            values = {"held_run_id": run_id, "v_run_id": run_id, "v_now": now}
+            result = conn.execute(sql_statements.ACK, {**held(lease), **values})
         return lease.claimed(run_id) if result.rowcount == 1 else None
 
     @_retried
@@ -452,11 +427,8 @@ class SqlBackend:
         renewed = 0
         with self._tx() as conn:
             for lease in leases:
-                renewed += conn.execute(
-                    update(items)
-                    .where(_held_by(lease), items.c.state == ItemState.LEASED.value)
-                    .values(lease_expires_at=now + self.lease_seconds)
-                ).rowcount
+                expires = {"v_expires": now + self.lease_seconds}
+                renewed += conn.execute(sql_statements.RENEW, {**held(lease), **expires}).rowcount
         return renewed
 
     @_retried
@@ -485,11 +457,7 @@ class SqlBackend:
     @_retried
     def release_run_queue_item(self, lease: Lease) -> None:
         with self._tx() as conn:
-            released = conn.execute(
-                update(items)
-                .where(_held_by(lease), items.c.state == ItemState.LEASED.value)
-                .values(state=ItemState.PENDING.value, agent_id=None, updated_at=time.time())
-            )
+            released = conn.execute(sql_statements.RELEASE, {**held(lease), "v_now": time.time()})
             if released.rowcount:
                 self._notify_all(conn)
 
@@ -548,18 +516,18 @@ class SqlBackend:
         """End an item its lease still holds. The real end of a job also replaces a
         lost-agent verdict (sql_liveness rule 3)."""
         now = time.time()
-        values = {"failure_message": None, "failure_phase": None, "lost_at": None, **values}
-        result = conn.execute(
-            update(items)
-            .where(
-                _held_by(lease),
-                or_(
-                    items.c.state.in_([s.value for s in ACTIVE_STATES]),
-                    sql_liveness.lost_verdict_override(),
-                ),
-            )
-            .values(state=state.value, finished_at=now, updated_at=now, **values)
-        )
+        values = {
+            "failure_message": None,
+            "failure_phase": None,
+            "lost_at": None,
+            **values,
+            "state": state.value,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        statement = sql_statements.finish(tuple(sorted(values)))
+        bound = {f"v_{name}": value for name, value in values.items()}
+        result = conn.execute(statement, {**held(lease), **bound})
         return result.rowcount == 1
 
     @_retried
@@ -885,16 +853,6 @@ def stable_agent_id(name: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"launch-agent:{name}").hex
 
 
-def _held_by(lease: Lease) -> Any:
-    """The item of `lease`, still held by that agent's same incarnation (the fence)."""
-    return (
-        (items.c.id == int(lease.item_id))
-        & (items.c.agent_id == lease.agent_id)
-        & (items.c.agent_generation == lease.generation)
-        & (items.c.attempts == lease.item.attempt)
-    )
-
-
 def _lease_of(row: Any, agent_id: str, generation: int) -> Lease:
     """A lease on an item row read with `_item_select` (its run id included)."""
     item = QueueItem(
@@ -979,23 +937,6 @@ def _read_files(paths: list[str]) -> dict[str, str]:
             continue
         stored[path] = data.decode("utf-8", errors="replace")
     return stored
-
-
-def _next_pending(queue: str) -> Any:
-    """The queue's next PENDING item, locked (rows other agents hold are skipped)."""
-    queue_id = select(queues.c.id).where(queues.c.name == queue).scalar_subquery()
-    return (
-        select(
-            items.c.id,
-            cast(items.c.run_spec, Text).label("raw_spec"),
-            items.c.priority,
-            items.c.attempts,
-        )
-        .where(items.c.queue_id == queue_id, items.c.state == ItemState.PENDING.value)
-        .order_by(items.c.priority, items.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
 
 
 def _make_engine(url: str) -> Engine:
