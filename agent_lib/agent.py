@@ -53,7 +53,7 @@ from agent_lib.job import (
     generate_run_id,
 )
 from agent_lib.redact import install_log_redaction, redact, redact_mapping, register_secret
-from agent_lib.spec import LaunchSpec, QueueItem
+from agent_lib.spec import SCHEDULER_PLACEHOLDER_URI, LaunchSpec, QueueItem
 from agent_lib.states import AgentStatus, Phase
 
 log = logging.getLogger(__name__)
@@ -447,6 +447,8 @@ class LaunchAgent:
     def _over_scheduler_cap(self, lease: Lease) -> bool:
         """A scheduler over `max_schedulers` is not launched; it goes back to its queue
         when a scheduler slot frees (or its lease runs out)."""
+        if lease.item.run_spec.get("uri") != SCHEDULER_PLACEHOLDER_URI:
+            return False  # not a scheduler, whatever else it holds: no need to parse it
         try:
             is_scheduler = LaunchSpec.parse(lease.item.run_spec).is_scheduler
         except SpecError:
