@@ -4,7 +4,9 @@ Usage (PostgreSQL from `eval "$(scripts/services)"`):
     .venv/bin/python bench/bench_pg.py [--items 3000] [--procs 1,4,8] [--samples 15]
 
 1. Pops per second with 1, 4 and 8 agent processes: each process registers as an agent and
-   loops pop -> ack -> complete (the backend's share of one job) until the queue is empty.
+   loops pop -> ack -> complete (the backend's share of one job) until the queue is empty;
+   beside it, the floor: the same processes doing only three one-row UPDATE commits per item
+   with raw psycopg (what the server, its fsync and the 2 cores allow).
 2. Push-to-start latency of an idle agent (a real LaunchAgent in its own process, running
    `true` jobs): with LISTEN/NOTIFY, and with polling only (`listen=False`) at a 1 s and
    the default 0.1 s poll interval. Latency = item claimed_at - created_at.
@@ -86,6 +88,42 @@ def bench_pops(procs: int, items: int) -> float:
         drop_db(url)
 
 
+def commit_three(url: str, rows: int, start: multiprocessing.synchronize.Event) -> int:  # type: ignore[name-defined]
+    """Child: `rows` times, three single-row UPDATEs each in its own transaction (as a
+    job's lease, claim and settle are), with raw psycopg: the server's and fsync's floor."""
+    with psycopg.connect(url) as conn:
+        mine = os.getpid()
+        conn.execute("INSERT INTO floor VALUES (%s, 0) ON CONFLICT DO NOTHING", (mine,))
+        conn.commit()
+        start.wait()
+        for _ in range(rows * 3):
+            conn.execute("UPDATE floor SET n = n + 1 WHERE id = %s", (mine,))
+            conn.commit()
+    return rows
+
+
+def commit_floor(procs: int, items: int) -> float:
+    """Items/s if each cost only its three commits, across `procs` processes."""
+    url = fresh_db()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE floor (id BIGINT PRIMARY KEY, n BIGINT)")
+        ctx = multiprocessing.get_context("spawn")
+        start = ctx.Manager().Event()
+        with ctx.Pool(procs) as pool:
+            results = [
+                pool.apply_async(commit_three, (url, items // procs, start)) for _ in range(procs)
+            ]
+            time.sleep(1.0 + 0.3 * procs)
+            began = time.perf_counter()
+            start.set()
+            total = sum(r.get(600) for r in results)
+            took = time.perf_counter() - began
+        return total / took
+    finally:
+        drop_db(url)
+
+
 def run_agent(url: str, listen: bool, poll: float) -> None:
     """Child mode: one real LaunchAgent, serving queue `q` until killed."""
     from agent_lib import AgentConfig, LaunchAgent
@@ -143,7 +181,11 @@ def main() -> None:
     print(f"PostgreSQL {ADMIN.split('@')[-1]}, {os.cpu_count()} CPUs")
     for procs in [int(p) for p in args.procs.split(",")]:
         rate = bench_pops(procs, args.items)
-        print(f"pop+ack+complete, {procs} agent process(es): {rate:8.0f} items/s")
+        floor = commit_floor(procs, args.items)
+        print(
+            f"pop+ack+complete, {procs} agent process(es): {rate:8.0f} items/s "
+            f"(three bare commits per item: {floor:8.0f}/s)"
+        )
     tmp = Path("/tmp") / f"bench-pg-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     for label, listen, poll in [

@@ -293,16 +293,23 @@ class SqlBackend:
         if queue not in self._busy_queues and not self._may_have_work(queue, now):
             return None
         self._busy_queues.discard(queue)
+        lease_values = {
+            "queue": queue,
+            "v_agent": agent_id,
+            "v_generation": generation,
+            "v_now": now,
+            "v_expires": now + self.lease_seconds,
+        }
         with self._tx() as conn:
             reclaimed = now >= self._next_reclaim.get(queue, 0.0)
             if reclaimed:  # at most once a second while draining, and whenever it runs dry
                 self._reclaim_expired(conn, queue, now)
             for _ in range(MAX_UNREADABLE_PER_POP):
-                row = conn.execute(sql_statements.NEXT_PENDING, {"queue": queue}).first()
+                row = conn.execute(sql_statements.LEASE_NEXT, lease_values).first()
                 if row is None and not reclaimed:
                     reclaimed = True
                     self._reclaim_expired(conn, queue, now)
-                    row = conn.execute(sql_statements.NEXT_PENDING, {"queue": queue}).first()
+                    row = conn.execute(sql_statements.LEASE_NEXT, lease_values).first()
                 if row is None:
                     return None
                 try:
@@ -311,39 +318,19 @@ class SqlBackend:
                     _fail_unreadable(conn, row.id, str(exc), now)
                     continue
                 self._busy_queues.add(queue)
-                return self._lease(conn, row, queue, run_spec, agent_id, generation, now)
+                item = QueueItem(
+                    id=str(row.id),
+                    queue=queue,
+                    run_spec=run_spec,
+                    priority=row.priority,
+                    attempt=row.attempts,
+                )
+                return Lease(item, agent_id, generation, expires_at=now + self.lease_seconds)
         return None
 
     def _reclaim_expired(self, conn: Connection, queue: str, now: float) -> None:
         self._next_reclaim[queue] = now + RECLAIM_EVERY
         self._requeue_expired_leases(conn, now, None)
-
-    def _lease(
-        self,
-        conn: Connection,
-        row: Any,
-        queue: str,
-        run_spec: dict[str, Any],
-        agent_id: str,
-        generation: int,
-        now: float,
-    ) -> Lease:
-        attempt = row.attempts + 1
-        conn.execute(
-            sql_statements.LEASE,
-            {
-                "item_id": row.id,
-                "v_agent": agent_id,
-                "v_generation": generation,
-                "v_now": now,
-                "v_expires": now + self.lease_seconds,
-                "v_attempts": attempt,
-            },
-        )
-        item = QueueItem(
-            id=str(row.id), queue=queue, run_spec=run_spec, priority=row.priority, attempt=attempt
-        )
-        return Lease(item, agent_id, generation, expires_at=now + self.lease_seconds)
 
     def _may_have_work(self, queue: str, now: float) -> bool:
         """A lock-free look first, so idle polling never takes the write lock."""

@@ -59,33 +59,35 @@ MAY_HAVE_WORK = (
     .limit(1)
 )
 
-# The queue's next PENDING item, locked (rows other agents hold are skipped). Binds queue.
-NEXT_PENDING = (
-    select(
-        items.c.id,
-        cast(items.c.run_spec, Text).label("raw_spec"),
-        items.c.priority,
-        items.c.attempts,
-    )
+# Lease the queue's next PENDING item in one statement (one round trip): the subquery
+# picks and locks it (rows other agents hold are skipped: SKIP LOCKED on PostgreSQL; on
+# SQLite the writer's lock, BEGIN IMMEDIATE, already excludes other agents), the update
+# takes it and returns it. Binds queue, v_agent, v_generation, v_now, v_expires.
+_NEXT_PENDING = (
+    select(items.c.id)
     .where(items.c.queue_id == _queue_id(), items.c.state == ItemState.PENDING.value)
     .order_by(items.c.priority, items.c.id)
     .limit(1)
     .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
-
-# Lease a PENDING item read by NEXT_PENDING in the same transaction.
-# Binds item_id, v_agent, v_generation, v_now, v_expires, v_attempts.
-LEASE = (
+LEASE_NEXT = (
     update(items)
-    .where(items.c.id == bindparam("item_id"))
+    .where(items.c.id == _NEXT_PENDING)
     .values(
         state=ItemState.LEASED.value,
         agent_id=bindparam("v_agent"),
         agent_generation=bindparam("v_generation"),
         leased_at=bindparam("v_now"),
         lease_expires_at=bindparam("v_expires"),
-        attempts=bindparam("v_attempts"),
+        attempts=items.c.attempts + 1,
         updated_at=bindparam("v_now"),
+    )
+    .returning(
+        items.c.id,
+        cast(items.c.run_spec, Text).label("raw_spec"),
+        items.c.priority,
+        items.c.attempts,
     )
 )
 
