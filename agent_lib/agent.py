@@ -601,8 +601,8 @@ class LaunchAgent:
     async def update_status(self, status: AgentStatus | str) -> None:
         """Report POLLING / RUNNING / KILLED to the backend (only when it changes)."""
         status = AgentStatus(status)
-        if status == self._status:
-            return
+        if status == self._status or self._status is AgentStatus.KILLED:
+            return  # KILLED is the end: a job's task that finishes later does not undo it
         try:
             ok = await self._support.call(self._api.update_launch_agent_status, self._id, status)
         except Exception as exc:
@@ -651,13 +651,32 @@ class LaunchAgent:
         elif self._jobs:
             log.info("waiting for %d running job(s) to finish", len(self._jobs))
         tasks = list(self._tasks.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._jobs_ended()
         if self._aborts:
             await asyncio.gather(*self._aborts, return_exceptions=True)
-        self.print_status()
+        # Every item's end is recorded: the record says so now, even if the host's own
+        # bookkeeping of the jobs (Prefect's subflow runs) is slow to finish, or never does.
         await self.update_status(AgentStatus.KILLED)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.print_status()
         self._identity.release()
+
+    async def _jobs_ended(self) -> None:
+        """Wait until each job's life is over (`Job.ended`), or its task is."""
+
+        async def ended(job: Job, task: asyncio.Task[None]) -> None:
+            waiter = asyncio.ensure_future(job.ended.wait())
+            try:
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+        pairs = [(self._jobs.get(key), task) for key, task in self._tasks.items()]
+        await asyncio.gather(
+            *(ended(job, task) if job is not None else task for job, task in pairs),
+            return_exceptions=True,
+        )
 
     # -- helpers --
     def _job_dir_for(self, item_id: str, run_id: str) -> Path:

@@ -139,6 +139,8 @@ class Job:
         self._cancel_reason: str | None = None
         self._stop_message: str | None = None
         self._cancel_asked = asyncio.Event()
+        # Set once `run` is over: the item's end is recorded (or cannot be, by this agent).
+        self.ended = asyncio.Event()
         self.job_dir = job_dir_for(support.config.jobs_dir, lease.item_id, "pending")
         register_secrets_in(lease.item.run_spec)  # before anything can log or save it
 
@@ -176,6 +178,12 @@ class Job:
     # -- the life --
     async def run(self) -> Outcome:
         """Run the item to its end and record that end with the backend."""
+        try:
+            return await self._live()
+        finally:
+            self.ended.set()
+
+    async def _live(self) -> Outcome:
         step = self._support.hooks.run_step
         retries = self._support.config.launch_retries
         try:
