@@ -93,6 +93,45 @@ def drain(work: Path, jobs: int, max_jobs: int, mode: str) -> tuple[float, float
     return jobs / (last - first), wall, {name: value / jobs * 1000 for name, value in cpu.items()}
 
 
+def memory_drain(work: Path, jobs: int, max_jobs: int = 8) -> list[tuple[int, float]]:
+    """A real agent draining `jobs` trivial items: (items ended, agent RSS in MB) about
+    twice a second, from the first sample to the agent's exit."""
+    db_url = f"sqlite:///{work / 'memory.db'}"
+    db = open_backend(db_url)
+    for _ in range(jobs):
+        db.push_to_run_queue("bench", TRUE_JOB)
+    agent = start_agent(
+        db_url, work / "data", "-q", "bench", "-j", str(max_jobs), "--exit-when-idle"
+    )
+    samples: list[tuple[int, float]] = []
+    while agent.poll() is None:
+        rss = _rss_mb(agent.pid)
+        summary = db.list_queues()
+        ended = (
+            sum(summary[0].counts.get(s.value, 0) for s in TERMINAL_ITEM_STATES) if summary else 0
+        )
+        if rss is not None:
+            samples.append((ended, rss))
+        time.sleep(0.5)
+    db.close()
+    return samples
+
+
+def _rss_mb(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def rss_growth(samples: list[tuple[int, float]], warm_up: int) -> tuple[float, float]:
+    """RSS once `warm_up` items have ended (imports, pools and caches are in place by then),
+    and its growth from there to the end (the largest later sample)."""
+    later = [mb for ended, mb in samples if ended >= warm_up] or [samples[-1][1]]
+    return later[0], max(later) - later[0]
+
+
 def _stat(pid: int) -> list[str] | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_bytes()
@@ -269,6 +308,7 @@ def main() -> None:
     parser.add_argument("--slots", default="1,8,32")
     parser.add_argument("--modes", default="direct,fork")
     parser.add_argument("--breakdown-jobs", type=int, default=200)
+    parser.add_argument("--memory-jobs", type=int, default=0, help="RSS over this many jobs")
     args = parser.parse_args()
     modes = args.modes.split(",")
     slots = [int(s) for s in args.slots.split(",")]
@@ -288,6 +328,13 @@ def main() -> None:
             for name in CPU_ROWS:
                 if name in cpu:
                     table[f"  CPU ms/job at max_jobs {max_jobs}: {name}"][mode] = cpu[name]
+    if args.memory_jobs:
+        with tempfile.TemporaryDirectory() as tmp:
+            samples = memory_drain(Path(tmp), args.memory_jobs)
+        for ended, mb in samples[:: max(1, len(samples) // 20)] + samples[-1:]:
+            print(f"  RSS after {ended:>6} jobs: {mb:.1f} MB")
+        warm, growth = rss_growth(samples, args.memory_jobs // 100)
+        print(f"  RSS {warm:.1f} MB once warm, grew {growth:+.1f} MB to the end")
     if args.breakdown_jobs:
         for mode in modes:
             with fork_server_mode(mode), tempfile.TemporaryDirectory() as tmp:

@@ -45,25 +45,42 @@ def throughput(jobs: int) -> list[Row]:
     return rows
 
 
+def plain_memory(jobs: int) -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = bench_throughput.memory_drain(Path(tmp), jobs)
+    warm, growth = bench_throughput.rss_growth(samples, jobs // 100)
+    return [
+        (
+            f"agent RSS growth over {jobs} trivial jobs, SQLite, max_jobs 8",
+            f"{growth:+.1f} MB (from {warm:.0f} MB)",
+            "<= 10 MB over 10,000",
+        )
+    ]
+
+
 def postgres_pops(items: int) -> list[Row]:
     if not os.environ.get("LAUNCH_AGENT_TEST_POSTGRES_URL"):
         return [("pop+ack+complete, PostgreSQL, 8 processes", "not run (no PostgreSQL)", "")]
-    from bench.bench_pg import bench_pops
+    from bench.bench_pg import bench_pops, commit_floor
 
-    rate = bench_pops(8, items)
-    return [("pop+ack+complete, PostgreSQL, 8 processes", f"{rate:.0f} items/s", ">= 1,000/s")]
+    rate, floor = bench_pops(8, items), commit_floor(8, items)
+    return [
+        ("pop+ack+complete, PostgreSQL, 8 processes", f"{rate:.0f} items/s", ">= 1,000/s"),
+        ("  the same 3 commits per item, bare (raw psycopg)", f"{floor:.0f} items/s", ""),
+    ]
 
 
 def flow_mode() -> list[Row]:
-    from bench.bench_flows import flow_drain, plain_drain, prefect_server
+    """Flow mode against a bare Prefect flow of the same shape, in one run on one server."""
+    from bench.bench_flows import compare, prefect_server
 
     with tempfile.TemporaryDirectory() as tmp, prefect_server():
-        root, n = Path(tmp), 20
-        added = (flow_drain(root, n, 1) - plain_drain(root, n, 1)) / n * 1000
-        drained = flow_drain(root, n, 4)
+        c = compare(Path(tmp), 20)
+    added = f"{c.added_ms:.0f} ms ({c.ratio:.1f}x a bare flow's {c.bare_ms:.0f} ms)"
+    drained = f"{c.flow_4:.1f} s (a bare flow: {c.bare_4:.1f} s)"
     return [
-        ("flow mode: Prefect's added cost per job", f"{added:.0f} ms", "<= 1.5x a bare flow"),
-        ("flow mode: 20 jobs on 4 slots", f"{drained:.1f} s", "< 3 s (Prefect on PostgreSQL)"),
+        ("flow mode: Prefect's added cost per job", added, "<= 1.5x a bare flow"),
+        ("flow mode: 20 jobs on 4 slots", drained, "< 3 s (Prefect on PostgreSQL)"),
     ]
 
 
@@ -77,6 +94,7 @@ def main() -> None:
         lambda: bench_cli.rows(rounds),
         lambda: idle_latency(rounds),
         lambda: throughput(jobs),
+        lambda: plain_memory(jobs * 10),
         lambda: postgres_pops(jobs * 2),
     ]
     if args.flows:
