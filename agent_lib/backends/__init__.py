@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent_lib.backends.sql_url import display_url, is_sql_url, sqlalchemy_url
 from agent_lib.backends.wandb_auth import is_wandb_url
+from agent_lib.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agent_lib.backends.base import AgentRecord, Backend, ItemInfo, QueueSummary
@@ -56,9 +56,4 @@ def open_backend(url: str, lease_seconds: float = 60.0) -> SqlBackend | WandbBac
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'agent_lib.backends' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

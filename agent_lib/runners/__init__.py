@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent_lib.errors import SpecError
+from agent_lib.lazy import lazy_exports
 from agent_lib.runners.base import LaunchContext, Runner, Status, SubmittedRun
 from agent_lib.spec import LOCAL_CONTAINER, LOCAL_PROCESS
 
@@ -74,9 +75,4 @@ def make_runner(resource: str, config: AgentConfig) -> Runner:
     return factory(config)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "LocalProcessRunner":
-        from agent_lib.runners.local_process import LocalProcessRunner
-
-        return LocalProcessRunner
-    raise AttributeError(f"module 'agent_lib.runners' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"LocalProcessRunner": "agent_lib.runners.local_process"})
