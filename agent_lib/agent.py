@@ -100,6 +100,7 @@ class LaunchAgent:
         self._deferred: dict[str, tuple[Lease, float]] = {}
         self._outcomes: Counter[str] = Counter()
         self._status: AgentStatus | None = None
+        self._status_lock = asyncio.Lock()
         self._stop_reason: str | None = None
         self._requeue_on_stop = self._config.on_stop == "requeue"
         self._wake: asyncio.Event | None = None
@@ -601,17 +602,22 @@ class LaunchAgent:
     async def update_status(self, status: AgentStatus | str) -> None:
         """Report POLLING / RUNNING / KILLED to the backend (only when it changes)."""
         status = AgentStatus(status)
-        if status == self._status or self._status is AgentStatus.KILLED:
-            return  # KILLED is the end: a job's task that finishes later does not undo it
-        try:
-            ok = await self._support.call(self._api.update_launch_agent_status, self._id, status)
-        except Exception as exc:
-            log.warning("could not update the agent's status to %s: %s", status, exc)
-            return
-        if ok:
-            self._status = status
-        else:
-            log.error("the backend refused the agent status %s", status)
+        # One update at a time, in order: a POLLING still in flight must not land after
+        # the shutdown's KILLED. KILLED is the end: nothing after it undoes it.
+        async with self._status_lock:
+            if status == self._status or self._status is AgentStatus.KILLED:
+                return
+            try:
+                ok = await self._support.call(
+                    self._api.update_launch_agent_status, self._id, status
+                )
+            except Exception as exc:
+                log.warning("could not update the agent's status to %s: %s", status, exc)
+                return
+            if ok:
+                self._status = status
+            else:
+                log.error("the backend refused the agent status %s", status)
 
     def print_status(self) -> None:
         """Log what the agent is doing and which jobs run."""
